@@ -1,0 +1,1 @@
+"""Shared core of the three implementations: data, canonical weights, metrics, progress, CLI."""

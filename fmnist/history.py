@@ -1,0 +1,80 @@
+"""What a run produces, in one schema for every implementation, and where it is written.
+
+`DIR/history.json`:
+
+    {"impl": "flax", "config": {...TrainConfig...},
+     "epochs": [{"epoch": 1, "loss": .., "accuracy": .., "val_loss": .., "val_accuracy": ..,
+                 "seconds": ..}, ...],
+     "test_loss": .., "test_accuracy": .., "versions": {"jax": "0.10.2", ...}}
+
+`DIR/weights.npz`: the final parameters in the canonical format (`fmnist.weights`).
+`DIR/curves.png`: loss and accuracy per epoch, train and validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from fmnist.config import TrainConfig
+from fmnist.weights import Weights, save_weights
+
+EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of `train_and_evaluate` in any implementation."""
+
+    impl: str
+    config: TrainConfig
+    epochs: list[dict]          # one row per epoch, keys EPOCH_KEYS
+    test_loss: float
+    test_accuracy: float
+    weights: Weights            # final parameters, canonical format
+
+    def to_json(self) -> dict:
+        return {"impl": self.impl, "config": self.config.to_dict(),
+                "epochs": [{k: row[k] for k in EPOCH_KEYS if k in row} for row in self.epochs],
+                "test_loss": float(self.test_loss), "test_accuracy": float(self.test_accuracy),
+                "versions": versions(self.impl)}
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Median wall time of an epoch (the first includes compilation, so the median is fairer)."""
+        times = sorted(row["seconds"] for row in self.epochs)
+        return times[len(times) // 2]
+
+
+def versions(impl: str) -> dict:
+    """Versions of the packages a run of `impl` depended on."""
+    names = {"handrolled": ["jax", "jaxlib"], "flax": ["jax", "jaxlib", "flax", "optax"],
+             "keras": ["tensorflow-cpu", "keras"]}.get(impl, [])
+    found = {"python": sys.version.split()[0], "numpy": metadata.version("numpy")}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def save_run(result: RunResult, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write history.json, weights.npz and (if `plot`) curves.png into `out_dir`; return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"history": out / "history.json", "weights": out / "weights.npz"}
+    paths["history"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    save_weights(paths["weights"], result.weights)
+    if plot:
+        from fmnist.plots import plot_history
+        paths["curves"] = plot_history(result.to_json(), out / "curves.png")
+    return paths
+
+
+def load_history(path: str | Path) -> dict:
+    """Read a history.json written by `save_run`."""
+    return json.loads(Path(path).read_text())

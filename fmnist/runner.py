@@ -1,0 +1,47 @@
+"""Runs any implementation through one entry point, importing only what that implementation needs.
+
+Each implementation's `train.py` exposes the same function:
+
+    train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
+                       callbacks=()) -> RunResult
+
+so the command line, `fmnist compare` and the tests never special-case one of them. TensorFlow is
+imported only when `impl == "keras"` (it costs seconds at start-up and is absent on some machines).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fmnist.config import IMPLEMENTATIONS, TrainConfig
+from fmnist.data import Splits, load_splits
+from fmnist.history import RunResult
+from fmnist.weights import Weights, init_weights
+
+TRAIN_MODULES = {"handrolled": "handrolled.train", "flax": "flax_impl.train", "keras": "keras_baseline.train"}
+
+
+def get_trainer(impl: str):
+    """The `train_and_evaluate` function of implementation `impl`."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    return importlib.import_module(TRAIN_MODULES[impl]).train_and_evaluate
+
+
+def splits_for(config: TrainConfig) -> Splits:
+    """The preprocessed data `config` trains on."""
+    return load_splits(val_size=config.val_size, split_seed=config.split_seed, train_limit=config.train_limit)
+
+
+def run(impl: str, config: TrainConfig, splits: Splits | None = None,
+        initial_weights: Weights | None = None, callbacks=None) -> RunResult:
+    """Train `impl` with `config` from the canonical weights of (`config.init`, `config.seed`)."""
+    trainer = get_trainer(impl)
+    if splits is None:
+        splits = splits_for(config)
+    if initial_weights is None:
+        initial_weights = init_weights(config.model, config.init, config.seed)
+    if callbacks is None:
+        from fmnist.callbacks import ProgressBar
+        callbacks = [ProgressBar()]
+    return trainer(config, splits, initial_weights, callbacks=callbacks)
