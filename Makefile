@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine (Python 3.11):
+#   make train   -> venv, pinned install, dataset, then the post's MLP for 5 epochs
+#   make test    -> the same set-up, then the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install data train compare bench test parity clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[keras,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Finds and verifies Fashion-MNIST; installs Debian's dataset-fashion-mnist when it is missing
+# and apt-get can run, otherwise says exactly what to do.
+data: install
+	@FMNIST="$(BIN)/fmnist" sh scripts/ensure-data.sh
+
+train: data
+	$(BIN)/fmnist train --impl handrolled --model mlp --epochs 5 --out runs/train-mlp
+
+test: data
+	$(BIN)/python -m pytest -q
+
+parity: data
+	$(BIN)/python -m pytest -q parity_tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,142 @@
+"""The `fmnist` command: `train`, `compare`, `bench` and `data`.
+
+Flags only live here; everything they drive is a library function that tests import directly.
+Bad input ends with a one-line reason and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fmnist.config import ADAM_CONVENTIONS, IMPLEMENTATIONS, OPTIMIZERS, TrainConfig
+from fmnist.data import DataError
+from fmnist.initializers import INITIALIZERS
+from fmnist.weights import MODEL_NAMES
+
+DEFAULTS = TrainConfig()
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_train_flags(p: argparse.ArgumentParser, epochs: int = DEFAULTS.epochs) -> None:
+    """The flags of a training run; `train`, `compare` and `bench` share them."""
+    p.add_argument("--model", choices=MODEL_NAMES, default=DEFAULTS.model,
+                   help="mlp: the post's 784-128-10 network; cnn: two 3x3 conv+pool blocks, 128, 10")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+                   help="examples per training step")
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="update rule")
+    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum, in [0, 1)")
+    p.add_argument("--adam-convention", choices=ADAM_CONVENTIONS, default=DEFAULTS.adam_convention,
+                   help="where Adam's epsilon goes: 'keras' (epsilon-hat, Keras's only form) or "
+                        "'paper' (Kingma & Ba Algorithm 1, optax.adam)")
+    p.add_argument("--adam-eps", type=float, default=DEFAULTS.adam_eps, help="Adam's epsilon")
+    p.add_argument("--init", choices=sorted(INITIALIZERS), default=DEFAULTS.init,
+                   help="initialiser of the canonical starting weights every implementation loads")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                   help="seeds the starting weights and the batch order")
+    p.add_argument("--val-size", type=int, default=DEFAULTS.val_size,
+                   help="training examples held out for validation (0 for none)")
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="train on only the first N remaining training examples")
+    p.add_argument("--steps-per-call", type=positive_int, default=DEFAULTS.steps_per_call,
+                   help="JAX implementations: training steps compiled into one call")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a lower validation loss")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the four IDX .gz files (default: $FASHION_MNIST_DIR, "
+                        "/usr/share/datasets/fashion-mnist, then Keras's cache)")
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, momentum=args.momentum, adam_convention=args.adam_convention,
+        adam_eps=args.adam_eps, init=args.init, seed=args.seed, val_size=args.val_size,
+        train_limit=args.train_limit, steps_per_call=args.steps_per_call,
+        early_stopping_patience=args.early_stopping)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmnist", description="Fashion-MNIST three ways: hand-rolled JAX, Flax/Optax, Keras.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one implementation and evaluate it on the test set",
+                           description="Train one implementation from the canonical starting weights; "
+                                       "write history.json, weights.npz and curves.png to --out.")
+    train.add_argument("--impl", choices=IMPLEMENTATIONS, default="handrolled", help="which implementation")
+    add_train_flags(train)
+    train.add_argument("--out", type=Path, default=None, help="output directory (default runs/IMPL-MODEL)")
+
+    data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
+    data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from fmnist import runner
+    from fmnist.callbacks import EarlyStopping, ProgressBar
+    from fmnist.data import load_splits
+    from fmnist.history import save_run
+
+    config = config_from(args)
+    out = args.out or Path("runs") / f"{args.impl}-{config.model}"
+    splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
+    callbacks = [ProgressBar()]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStopping("val_loss", config.early_stopping_patience))
+    print(f"Training {args.impl} {config.model} on {len(splits.x_train)} examples "
+          f"({len(splits.x_val)} held out for validation), batch {config.batch_size}, "
+          f"{config.optimizer} lr={config.lr}", flush=True)
+    result = runner.run(args.impl, config, splits, callbacks=callbacks)
+    paths = save_run(result, out)
+    print(f"Test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f}, "
+          f"{result.seconds_per_epoch:.1f} s per epoch (median)")
+    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fmnist.data import find_data_dir, load_data
+
+    directory = find_data_dir(args.data_dir)
+    (x_train, y_train), (x_test, y_test) = load_data(directory)
+    print(f"Fashion-MNIST OK in {directory}: train {x_train.shape}, test {x_test.shape}, "
+          "checksums verified")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ValueError) as e:
+        print(f"fmnist {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmnist: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
