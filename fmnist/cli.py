@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(train)
     train.add_argument("--out", type=Path, default=None, help="output directory (default runs/IMPL-MODEL)")
 
+    compare = sub.add_parser("compare", help="train all three from the same weights and batch order",
+                             description="Train every implementation from the same canonical weights "
+                                         "and batch order; write report.json, report.md and curves.png.")
+    add_train_flags(compare)
+    compare.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
+                         help="which implementations to compare (default: all three)")
+    compare.add_argument("--out", type=Path, default=None, help="output directory (default runs/compare-MODEL)")
+
     data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
     data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
     return parser
@@ -112,6 +120,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from fmnist.compare import compare, markdown_table
+    from fmnist.data import load_splits
+
+    config = config_from(args)
+    out = args.out or Path("runs") / f"compare-{config.model}"
+    splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
+    report = compare(config, splits, out, args.impls, stream=sys.stdout)
+    print()
+    print(markdown_table(report))
+    print(f"\nWrote {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from fmnist.data import find_data_dir, load_data
 
@@ -122,7 +144,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

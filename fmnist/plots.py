@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -33,6 +35,55 @@ def plot_history(history: dict, path: str | Path) -> Path:
     config = history.get("config", {})
     fig.suptitle(f"{history.get('impl', '')} {config.get('model', '')}: {config.get('optimizer', '')} "
                  f"lr={config.get('lr', '')}, batch {config.get('batch_size', '')}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+STYLES = {"handrolled": dict(linestyle="-", linewidth=3.5, alpha=0.45),
+          "flax": dict(linestyle="-", linewidth=1.8, marker="o", markersize=4),
+          "keras": dict(linestyle=":", linewidth=2.0, marker="x", markersize=7)}
+
+
+def plot_comparison(report: dict, path: str | Path) -> Path:
+    """Three panels: loss and accuracy of every implementation overlaid (train solid markers,
+    validation in a lighter shade), and the pairwise |differences| of the epoch metrics on a log scale.
+
+    Drawn so that curves lying exactly on each other stay distinguishable: a wide translucent band
+    (hand-rolled), a thin line with dots (Flax), and a dotted line with crosses (Keras).
+    """
+    from fmnist.compare import pairwise_epoch_differences  # avoid an import cycle at module load
+
+    impls = [i for i in ("handrolled", "flax", "keras") if i in report]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+        for impl in impls:
+            rows = report[impl]["epochs"]
+            epochs = [r["epoch"] for r in rows]
+            ax.plot(epochs, [r[metric] for r in rows], color=COLORS[impl], label=f"{impl} train",
+                    **STYLES[impl])
+            if rows and f"val_{metric}" in rows[0]:
+                ax.plot(epochs, [r[f"val_{metric}"] for r in rows], color=COLORS[impl],
+                        label=f"{impl} validation", **{**STYLES[impl], "alpha": 0.35})
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for metric, marker in (("loss", "o"), ("val_loss", "s"), ("val_accuracy", "^")):
+        for pair, diff in pairwise_epoch_differences(report, metric).items():
+            if len(diff) and metric in report[impls[0]]["epochs"][0]:
+                # exact agreement (0) has no logarithm: draw it at 1e-12, below everything else
+                ax.semilogy(range(1, len(diff) + 1), np.maximum(diff, 1e-12), marker=marker,
+                            label=f"{pair} {metric}")
+    ax.set_title("|difference| between implementations")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    c = report["config"]
+    fig.suptitle(f"{c['model']}, {c['optimizer']} lr={c['lr']}, batch {c['batch_size']}: "
+                 "same starting weights, same batch order")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
