@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist.weights import Weights, check_model_name, check_weights, model_of
+from fmnist.weights import KERNEL_SHAPES, Weights, check_model_name, check_weights, model_of
 from keras_baseline import import_keras  # sets KERAS_BACKEND before keras is imported
 
 keras = import_keras()
@@ -52,8 +52,8 @@ def build_model(name: str) -> keras.Sequential:
 
 def set_weights(model: keras.Model, weights: Weights) -> None:
     """Load canonical weights into the layers of the same names (shapes are checked first)."""
-    name = model_of(weights)
-    check_weights(name, weights)
+    # build_model names the model after its architecture; check the weights against that.
+    check_weights(model.name if model.name in KERNEL_SHAPES else model_of(weights), weights)
     for layer_name, params in weights.items():
         # Keras keeps a Dense or Conv2D layer's variables in the order [kernel, bias].
         model.get_layer(layer_name).set_weights([np.asarray(params["kernel"], np.float32),
