@@ -27,7 +27,7 @@ Optimizers:
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
 
 import numpy as np
@@ -164,21 +164,21 @@ def epoch_row(epoch: int, logs: dict, seconds: float) -> dict:
     return row
 
 
-def keras_verbosity(callbacks) -> tuple[int, list]:
-    """Keras's `verbose` and the project callbacks to forward.
+def keras_verbosity(callbacks) -> tuple[int, object, list]:
+    """Keras's `verbose`, the stream to print to, and the project callbacks to forward.
 
     A `fmnist.callbacks.ProgressBar` among `callbacks` means "show progress": Keras then prints its
-    own bar (verbose=1, redrawn in place, on a terminal; verbose=2, one line per epoch, otherwise),
-    and the project's bar is not forwarded, so nothing is printed twice.
+    own bar to that ProgressBar's stream (verbose=1, redrawn in place, on a terminal; verbose=2, one
+    line per epoch, otherwise), and the project's bar is not forwarded, so nothing prints twice.
     """
     bars = [cb for cb in callbacks if isinstance(cb, fmnist_callbacks.ProgressBar)]
     others = [cb for cb in callbacks if not isinstance(cb, fmnist_callbacks.ProgressBar)]
     if not bars:
-        return 0, others
-    interactive = bars[0].interactive
+        return 0, None, others
+    stream, interactive = bars[0].stream, bars[0].interactive
     if interactive is None:
-        interactive = sys.stdout.isatty()
-    return (1 if interactive else 2), others
+        interactive = hasattr(stream, "isatty") and stream.isatty()
+    return (1 if interactive else 2), stream, others
 
 
 # --------------------------------------------------------------------------- training
@@ -188,7 +188,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     """Train `config.model` from `initial_weights` with `model.fit`, then evaluate on the test set."""
     keras.utils.set_random_seed(config.seed)  # Python, NumPy, TF and Keras seeds (nothing random is used)
     model = compiled_model(config, initial_weights)
-    verbose, forwarded = keras_verbosity(callbacks)
+    verbose, stream, forwarded = keras_verbosity(callbacks)
 
     batches = SharedOrderBatches(train_loader(config, splits))
     timer = EpochTimer()
@@ -199,17 +199,20 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
                                                              patience=config.early_stopping_patience))
     validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
 
-    history = model.fit(batches, epochs=config.epochs, shuffle=False, validation_data=validation,
-                        validation_batch_size=config.eval_batch_size, callbacks=keras_callbacks,
-                        verbose=verbose)
+    # Keras prints to sys.stdout; send it where the caller's progress bar would have written.
+    with contextlib.redirect_stdout(stream) if stream is not None else contextlib.nullcontext():
+        history = model.fit(batches, epochs=config.epochs, shuffle=False, validation_data=validation,
+                            validation_batch_size=config.eval_batch_size, callbacks=keras_callbacks,
+                            verbose=verbose)
 
     epochs = [epoch_row(e, {k: v[i] for k, v in history.history.items()}, timer.seconds[i])
               for i, e in enumerate(history.epoch)]
     test = model.evaluate(splits.x_test, splits.y_test, batch_size=config.eval_batch_size,
                           verbose=0, return_dict=True)
     logs = finish(forwarded, test["loss"], test["accuracy"])
-    if verbose:
-        print(f"test_loss: {logs['test_loss']:.4f} - test_accuracy: {logs['test_accuracy']:.4f}", flush=True)
+    if stream is not None:  # the line the project's ProgressBar prints at the end of training
+        stream.write(f"test_loss: {logs['test_loss']:.4f} - test_accuracy: {logs['test_accuracy']:.4f}\n")
+        stream.flush()
     return RunResult("keras", config, epochs, logs["test_loss"], logs["test_accuracy"], get_weights(model))
 
 
