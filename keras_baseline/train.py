@@ -185,7 +185,13 @@ def keras_verbosity(callbacks) -> tuple[int, object, list]:
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
                        callbacks=()) -> RunResult:
-    """Train `config.model` from `initial_weights` with `model.fit`, then evaluate on the test set."""
+    """Train `config.model` from `initial_weights` with `model.fit`, then evaluate on the test set.
+
+    `callbacks` are project callbacks (`fmnist.callbacks`); see `FmnistCallbacks` and
+    `keras_verbosity`. `config.early_stopping_patience` adds `keras.callbacks.EarlyStopping` on
+    val_loss. A project `EarlyStopping` passed in as well is still forwarded; it applies the same
+    rule (stop after `patience` epochs without a strictly lower val_loss), so both stop together.
+    """
     keras.utils.set_random_seed(config.seed)  # Python, NumPy, TF and Keras seeds (nothing random is used)
     model = compiled_model(config, initial_weights)
     verbose, stream, forwarded = keras_verbosity(callbacks)
@@ -229,8 +235,13 @@ def train_steps(model: keras.Model, batches) -> np.ndarray:
 
 
 def logits(model: keras.Model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """The model's outputs (logits) for images `x`, float32 (N, 10)."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float32)
+    """The model's outputs (logits) for images `x`, float32 (N, 10).
+
+    Calls the model eagerly, in batches. (`model.predict` gives bitwise the same numbers, but traces
+    a new tf.function for every model, which is slow and warns when a test builds many models.)
+    """
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
+                           for i in range(0, len(x), batch_size)])
 
 
 def loss_and_grads(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
