@@ -20,7 +20,7 @@ every example of the epoch is used once, as in Keras's `fit`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -52,33 +52,64 @@ def step_groups(batches: list[np.ndarray], steps_per_call: int) -> list[np.ndarr
     return groups
 
 
-def fit(config: TrainConfig, splits: Splits, state, run_steps: RunSteps, evaluate: Evaluate,
-        callbacks: list[Callback] | CallbackList = ()):
-    """Train for `config.epochs` epochs (fewer if a callback stops it); return (state, epoch rows)."""
+def run_epochs(state, epochs: int, groups_of_epoch: Callable[[int], Iterable[Any]],
+               steps_per_epoch: int, run_steps: Callable, count_of: Callable[[Any], int],
+               validate: Callable[[Any], tuple[float, float]] | None = None,
+               callbacks: list[Callback] | CallbackList = (), config=None):
+    """The loop itself: epochs of step groups, running means, validation, callbacks, history rows.
+
+    `groups_of_epoch(e)` yields what `run_steps(state, group) -> (state, losses, corrects)` takes;
+    `count_of(group)` is the number of examples in a group (each step's loss is a batch mean).
+    `validate(state) -> (val_loss, val_accuracy)` runs after every epoch when given.
+    Returns (state, rows), one row per epoch run.
+    """
     callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
-    loader = train_loader(config, splits)
     rows = []
-    callbacks.on_train_begin(config)
-    for epoch in range(config.epochs):
+    callbacks.on_train_begin(config if config is not None else _Epochs(epochs))
+    for epoch in range(epochs):
         start = time.perf_counter()
-        callbacks.on_epoch_begin(epoch, len(loader))
+        callbacks.on_epoch_begin(epoch, steps_per_epoch)
         running, done = RunningMean(), 0
-        for group in step_groups(loader.batch_indices(epoch), config.steps_per_call):
+        for group in groups_of_epoch(epoch):
             state, losses, corrects = run_steps(state, group)
-            losses, corrects = np.asarray(losses, np.float64), np.asarray(corrects)
-            running.update(float(np.sum(losses)) * group.shape[1], int(np.sum(corrects)),
-                           group.size)
-            done += len(group)
+            losses, corrects = np.atleast_1d(np.asarray(losses, np.float64)), np.atleast_1d(np.asarray(corrects))
+            count = count_of(group)
+            running.update(float(np.sum(losses)) * count / len(losses), int(np.sum(corrects)), count)
+            done += len(losses)
             callbacks.on_batch_end(done, running.result())
         row = {"epoch": epoch + 1, **running.result()}
-        if len(splits.x_val):
-            row["val_loss"], row["val_accuracy"] = evaluate(state, splits.x_val, splits.y_val)
+        if validate is not None:
+            row["val_loss"], row["val_accuracy"] = (float(v) for v in validate(state))
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         callbacks.on_epoch_end(epoch, row)
         if callbacks.stop_training:
             break
     return state, rows
+
+
+class _Epochs:
+    """Stands in for a TrainConfig when a loop is driven without one (the post's `train`)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+
+def fit(config: TrainConfig, splits: Splits, state, run_steps: RunSteps, evaluate: Evaluate,
+        callbacks: list[Callback] | CallbackList = ()):
+    """Train on `splits` for `config.epochs` epochs in the shared batch order; return (state, rows).
+
+    Each call of `run_steps` gets a (K, B) index array into `splits.x_train`, K <= steps_per_call.
+    """
+    loader = train_loader(config, splits)
+    validate = None
+    if len(splits.x_val):
+        validate = lambda state: evaluate(state, splits.x_val, splits.y_val)  # noqa: E731
+    return run_epochs(
+        state, config.epochs,
+        groups_of_epoch=lambda e: step_groups(loader.batch_indices(e), config.steps_per_call),
+        steps_per_epoch=len(loader), run_steps=run_steps, count_of=lambda group: group.size,
+        validate=validate, callbacks=callbacks, config=config)
 
 
 def finish(callbacks, test_loss: float, test_accuracy: float) -> dict:

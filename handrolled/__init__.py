@@ -40,3 +40,9 @@ __all__ = [
     # optimizers
     "SGD", "Adam", "SGDState", "AdamState",
 ]
+
+# The post's data classes, defined once in the shared data module. The training loop is imported
+# from its module, `from handrolled.train import train`, so the name `handrolled.train` stays the module.
+from fmnist.data import Dataloader, Dataset  # noqa: E402
+
+__all__ += ["Dataset", "Dataloader"]
