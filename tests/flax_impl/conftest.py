@@ -1,0 +1,20 @@
+"""Shared fixtures for the Flax tests."""
+
+import numpy as np
+import pytest
+
+from fmnist.data import DataError, load_splits
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_splits():
+    """Real Fashion-MNIST: the first 2000 training examples, 2000 validation and 2000 test examples."""
+    try:
+        return load_splits(train_limit=2000, test_limit=2000)
+    except DataError as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
