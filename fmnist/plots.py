@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 COLORS = {"handrolled": "tab:blue", "flax": "tab:orange", "keras": "tab:green"}
 
@@ -29,6 +30,7 @@ def plot_history(history: dict, path: str | Path) -> Path:
         ax.axhline(history[f"test_{metric}"], color="gray", linewidth=0.8,
                    label=f"test {metric} {history[f'test_{metric}']:.4f}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -68,19 +70,26 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
                         label=f"{impl} validation", **{**STYLES[impl], "alpha": 0.35})
         ax.set_title(metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[2]
-    for metric, marker in (("loss", "o"), ("val_loss", "s"), ("val_accuracy", "^")):
+    pair_colors = {"handrolled-flax": "tab:purple", "handrolled-keras": "tab:cyan", "flax-keras": "tab:olive"}
+    floor = 1e-12  # exact agreement (0) has no logarithm: it is drawn on this line, labelled "identical"
+    for metric, style in (("loss", "-"), ("val_loss", "--"), ("val_accuracy", ":")):
+        if metric not in report[impls[0]]["epochs"][0]:
+            continue
         for pair, diff in pairwise_epoch_differences(report, metric).items():
-            if len(diff) and metric in report[impls[0]]["epochs"][0]:
-                # exact agreement (0) has no logarithm: draw it at 1e-12, below everything else
-                ax.semilogy(range(1, len(diff) + 1), np.maximum(diff, 1e-12), marker=marker,
-                            label=f"{pair} {metric}")
+            ax.semilogy(range(1, len(diff) + 1), np.maximum(diff, floor), linestyle=style, marker="o",
+                        markersize=3, color=pair_colors.get(pair), label=f"{pair}: {metric}")
+    ax.axhline(floor, color="gray", linewidth=0.6)
+    ax.text(1, floor * 2, "identical", fontsize=8, color="gray")
     ax.set_title("|difference| between implementations")
     ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(floor / 3, 1.0)
+    ax.grid(alpha=0.3, which="major")
+    ax.legend(fontsize=7, ncol=1)
     c = report["config"]
     fig.suptitle(f"{c['model']}, {c['optimizer']} lr={c['lr']}, batch {c['batch_size']}: "
                  "same starting weights, same batch order")
