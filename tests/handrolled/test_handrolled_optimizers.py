@@ -127,6 +127,21 @@ def test_adam_keras_matches_float64_keras_formula(model, grads):
     assert max_diff(jax.tree.leaves(paper), np_adam_keras(model, grads[:1], lr, b1, b2, eps)) > 1e-4
 
 
+@pytest.mark.parametrize("convention", ["paper", "keras"])
+def test_adam_uses_python_float_decays(model, grads, convention):
+    # parity-semantics.md pitfall 2: with b2 as a float32 array, 1 - b2 = 9.9998713e-4 instead of
+    # float32(0.001), a 1.3e-5 relative change too small for the 100-step tests above to see, but
+    # it measurably changes a whole epoch. After one step from m = v = 0 the moments are exactly
+    # float32(1 - b1) * g and float32(1 - b2) * float32(g * g), one rounding each.
+    opt = Adam(eps_convention=convention)
+    _, state = opt.update(grads[0], opt.init(model), model)
+    g = np.asarray(jax.tree.leaves(grads[0])[0])
+    one_minus_b2 = np.float32(1 - 0.999)
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(state.v)[0]), (g * g) * one_minus_b2)
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(state.m)[0]), g * np.float32(1 - 0.9))
+    assert one_minus_b2 != np.float32(1) - np.float32(0.999)  # the two really differ in float32
+
+
 # ----------------------------------------------------------------------------- SGD
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
