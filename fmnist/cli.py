@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="which implementations to compare (default: all three)")
     compare.add_argument("--out", type=Path, default=None, help="output directory (default runs/compare-MODEL)")
 
+    bench = sub.add_parser("bench", help="seconds per epoch of each implementation, side by side",
+                           description="Time training steps of each implementation, interleaved and "
+                                       "repeated; report medians scaled to one epoch, the MLP's GEMM "
+                                       "bound, and the ratios.")
+    bench.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    bench.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    bench.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds (median taken)")
+    bench.add_argument("--mlp-steps", type=positive_int, default=None, help="MLP steps per measurement (600)")
+    bench.add_argument("--cnn-steps", type=positive_int, default=None, help="CNN steps per measurement (40)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
     data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
     data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
     return parser
@@ -134,6 +145,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from fmnist.bench import main_bench
+
+    steps = {m: n for m, n in (("mlp", args.mlp_steps), ("cnn", args.cnn_steps)) if n}
+    return main_bench(args.models, args.impls, args.repeats, steps, args.json)
+
+
 def cmd_data(args) -> int:
     from fmnist.data import find_data_dir, load_data
 
@@ -144,7 +162,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
