@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11):
-#   make train   -> venv, pinned install, dataset, then the post's MLP for 5 epochs
+#   make compare -> venv, pinned install, dataset, then the MLP trained three ways, side by side
 #   make test    -> the same set-up, then the whole test suite
+# Also: make train (the hand-rolled MLP alone), make parity (the parity suite alone), make bench.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,6 +24,13 @@ data: install
 
 train: data
 	$(BIN)/fmnist train --impl handrolled --model mlp --epochs 5 --out runs/train-mlp
+
+# The three implementations from the same weights and batch order, side by side.
+compare: data
+	$(BIN)/fmnist compare --model mlp --epochs 5 --out runs/compare-mlp
+
+bench: data
+	$(BIN)/fmnist bench
 
 test: data
 	$(BIN)/python -m pytest -q
