@@ -10,9 +10,10 @@ computed with the parameters *before* the update (what Keras reports); correct =
 
 Fast path (`make_run_steps`): the training set is copied to the device once, and one jitted call
 runs K steps, gathering each batch on the device (`x[idx]`) from a (K, B) int32 index array. Per
-model, the K steps are either a `lax.scan` (one dispatch, one host sync per K steps) or a Python loop
-of single jitted steps: XLA's CPU backend runs convolution gradients inside `scan`/`while` bodies far slower
-than at the top level (jax-ml/jax#12868), so the CNN uses the loop. Numbers at `SCAN_BY_MODEL`.
+model, the K steps are either a `lax.scan` (one dispatch, one host sync per K steps) or a Python
+loop of single jitted steps: XLA's CPU backend runs convolution gradients inside `scan`/`while`
+bodies far slower than at the top level (jax-ml/jax#12868), so the CNN uses the loop. Numbers at
+`SCAN_BY_MODEL`.
 
 `train_and_evaluate` drives this through the shared epoch loop `fmnist.loop.fit`, so batch order,
 running metrics, validation, callbacks and history mean the same as in the hand-rolled version.
@@ -42,14 +43,14 @@ from flax_impl.optimizers import make_optimizer
 IMPL = "flax"
 
 # Whether `run_steps` scans the K steps (True) or loops over single jitted steps (False).
-# Measured on this 2-core CPU, K = 100 steps per call, Keras-convention Adam, ms per step
-# (best of 3 calls after the compiling one):
-#                     scan     loop
-#   MLP batch 32      0.10     0.16    the loop pays ~0.06 ms of dispatch per step -> scan
-#   CNN batch 32       104      8.4    convolution gradients inside a scan body are 12-18x
-#   CNN batch 128      755       41    slower on XLA:CPU (jax-ml/jax#12868) -> loop
-# The CNN scan also takes far longer to compile (about 4 s vs 2 s at batch 32). The loop still
-# keeps the data on the device and gathers batches there; it only adds one dispatch per step.
+# Measured on this 2-core CPU (jax 0.10.2), K = 100 steps per call, Keras-convention Adam, ms per
+# step after the compiling call (ranges: repeated runs on a shared machine):
+#                     scan       loop
+#   MLP batch 32      0.09       0.14     the loop pays ~0.05 ms of dispatch per step -> scan
+#   CNN batch 32    104-137     5.6-8.4   convolution gradients inside a scan body are 12-18x
+#   CNN batch 128     755        41-42    slower on XLA:CPU (jax-ml/jax#12868) -> loop
+# The CNN scan also compiles slower (about 4 s vs 1.5 s at batch 32, 37 s vs 2 s at batch 128). The
+# loop still keeps the data on the device and gathers batches there; it adds one dispatch per step.
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
 
@@ -111,7 +112,7 @@ def _indexed_step(state, x, y, idx):
 def _loop_steps(state, x, y, batches):
     """K single jitted steps from Python; results stay on device until the caller reads them."""
     losses, corrects = [], []
-    for idx in batches:
+    for idx in np.asarray(batches):  # NumPy rows: no device-side slicing op per step
         state, loss, correct = _indexed_step(state, x, y, idx)
         losses.append(loss)
         corrects.append(correct)
@@ -128,12 +129,17 @@ def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True):
     steps = _scan_steps if scan else _loop_steps
 
     def run_steps(state, batches):
-        return steps(state, x, y, jnp.asarray(batches, dtype=jnp.int32))
+        return steps(state, x, y, np.asarray(batches, dtype=np.int32))
 
     return run_steps
 
 
 # --------------------------------------------------------------------------- evaluation
+
+# One bound `apply` per model for bare params: a static jit argument is cached by equality, and two
+# `MLP().apply` bound methods are not equal, so a fresh one per call would recompile every call.
+_APPLY = {name: get_model(name).apply for name in ("mlp", "cnn")}
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_sums(apply_fn, params, images, labels, mask):
@@ -155,7 +161,7 @@ def evaluate(state_or_params, x: np.ndarray, y: np.ndarray, batch_size: int = 10
         apply_fn, params = state_or_params.apply_fn, state_or_params.params
     else:
         params = state_or_params
-        apply_fn = get_model("cnn" if "conv_0" in params else "mlp").apply
+        apply_fn = _APPLY["cnn" if "conv_0" in params else "mlp"]
     n = len(x)
     if n == 0:
         return float("nan"), float("nan")
