@@ -49,8 +49,9 @@ IMPL = "flax"
 #   MLP batch 32      0.09       0.14     the loop pays ~0.05 ms of dispatch per step -> scan
 #   CNN batch 32    104-137     5.6-8.4   convolution gradients inside a scan body are 12-18x
 #   CNN batch 128     755        41-42    slower on XLA:CPU (jax-ml/jax#12868) -> loop
-# The CNN scan also compiles slower (about 4 s vs 1.5 s at batch 32, 37 s vs 2 s at batch 128). The
-# loop still keeps the data on the device and gathers batches there; it adds one dispatch per step.
+# The CNN scan also compiles slower (first call minus steady state: ~4 s vs 1-1.6 s at batch 32,
+# ~37 s vs 1-1.5 s at batch 128). The loop still keeps the data on the device and gathers batches
+# there; it adds one dispatch per step.
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
 
