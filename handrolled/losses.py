@@ -69,6 +69,7 @@ def cross_entropy(y_true: jax.Array, probs: jax.Array, reduction: str = "mean") 
     path, `probs` is not renormalised and not clipped at 1 - eps, so a perfect prediction
     scores exactly 0.
     """
+    probs = jnp.asarray(probs)
     per_example = -jnp.sum(jnp.asarray(y_true, probs.dtype) * _safe_log(probs), axis=-1)
     return _reduce(per_example, reduction)
 
@@ -79,7 +80,7 @@ def sparse_cross_entropy(y_true: jax.Array, probs: jax.Array, reduction: str = "
     Same clipping as `cross_entropy` (eps = PROB_EPS = 1e-7), so the loss per example is at
     most -log(1e-7) = 16.12 and a probability of exactly 0 is safe.
     """
-    per_example = -_take_label(_safe_log(probs), y_true)
+    per_example = -_take_label(_safe_log(jnp.asarray(probs)), y_true)
     return _reduce(per_example, reduction)
 
 
@@ -89,6 +90,7 @@ def cross_entropy_with_logits(y_true: jax.Array, logits: jax.Array, reduction: s
     For one-hot y this equals logsumexp(z_i) - z[i, y_i]. Stable for any finite logits
     (same formula as `optax.softmax_cross_entropy`).
     """
+    logits = jnp.asarray(logits)
     per_example = -jnp.sum(jnp.asarray(y_true, logits.dtype) * log_softmax(logits), axis=-1)
     return _reduce(per_example, reduction)
 
@@ -101,6 +103,7 @@ def sparse_cross_entropy_with_logits(y_true: jax.Array, logits: jax.Array,
     logits; its gradient with respect to z is softmax(z) - onehot(y). Same formula as
     `optax.softmax_cross_entropy_with_integer_labels` and TF's fused sparse op.
     """
+    logits = jnp.asarray(logits)
     per_example = logsumexp(logits, axis=-1) - _take_label(logits, y_true)
     return _reduce(per_example, reduction)
 

@@ -9,8 +9,9 @@
   identical to calling the jitted pure form yourself.
 
 `params` can be any pytree: a `Sequential` model, or a dict. The hyperparameters are Python
-floats held by the optimizer; they are compile-time constants, which matters for Adam's "keras"
-convention (see `Adam`).
+floats held by the optimizer and become compile-time constants when `update` is traced, which
+is what keeps Adam's 1 - b1 and 1 - b2 exact (see `Adam`). So treat an optimizer as immutable:
+changing `opt.lr` later does not affect an already-compiled `update` or `step`; make a new one.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class SGD(_Optimizer):
     momentum == 0:  p <- p - lr * g
     momentum > 0:   m <- g + momentum * m;  p <- p - lr * m      (m starts at 0)
 
-    This is `optax.sgd(lr, momentum)` (optax's `trace`), which gives the same values as
-    Keras's SGD (Keras keeps -lr inside its velocity, which only moves the rounding).
+    This is `optax.sgd(lr, momentum)` (optax's `trace`), op for op. Keras's SGD is the same
+    mathematically but keeps -lr inside its velocity (v <- momentum * v - lr * g; p <- p + v),
+    so with momentum it differs from this by float32 rounding.
     """
 
     def __init__(self, model=None, lr: float = 1e-3, momentum: float = 0.0):
@@ -144,7 +146,9 @@ class Adam(_Optimizer):
     The two are equal only if eps_paper = eps_keras / sqrt(1 - b2^t), which changes with t, so no
     constant converts one into the other: with eps = 1e-7 one step differs by up to 0.7 * lr for
     weights whose gradients are ~1e-6 (parity-semantics.md section 1). Use "keras" to reproduce
-    Keras, "paper" to reproduce optax. b1 and b2 stay Python floats: as float32 arrays,
+    Keras, "paper" to reproduce optax. Measured against `keras.optimizers.Adam` (TF backend, same
+    100 random gradients on a small CNN): "keras" is 0.0 away after 1 step and 3.0e-8 after 100;
+    "paper" is 8.6e-3 away after 100. b1 and b2 stay Python floats: as float32 arrays,
     1 - 0.999 becomes 9.9998713e-4 instead of float32(0.001), which measurably changes training.
 
     The post's defaults are kept (lr=1e-3, 0.9, 0.999, eps=1e-7, its "paper" formula); note
@@ -177,7 +181,7 @@ class Adam(_Optimizer):
 
     def _update_paper(self, grads, state, params):
         # Same expressions, in the same order, as optax.scale_by_adam + scale_by_learning_rate +
-        # apply_updates, so results match optax.adam bit for bit (tested).
+        # apply_updates, so results match optax.adam bit for bit when both are jitted (tested).
         lr, b1, b2, eps = self.lr, self.v_decay, self.s_decay, self.eps
         t = _increment(state.t)
         m = jax.tree.map(lambda g, m: (1 - b1) * g + b1 * m, grads, state.m)

@@ -93,11 +93,12 @@ def test_reductions(batch):
 
 def test_probability_losses_post_example():
     # The post's check against Keras's CategoricalCrossentropy: -(log .95 + log .1) / 2 = 1.17695.
-    y_true = jnp.array([[0, 1, 0], [0, 0, 1]])
-    y_pred = jnp.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+    # NumPy inputs (float64, int64), as in the post, must work too.
+    y_true = np.array([[0, 1, 0], [0, 0, 1]])
+    y_pred = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
     expected = -(np.log(0.95) + np.log(0.1)) / 2
     np.testing.assert_allclose(float(L.cross_entropy(y_true, y_pred)), expected, rtol=1e-6)
-    np.testing.assert_allclose(float(L.sparse_cross_entropy(jnp.array([1, 2]), y_pred)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(L.sparse_cross_entropy(np.array([1, 2]), y_pred)), expected, rtol=1e-6)
 
 
 def test_probability_losses_match_logit_losses_when_unclipped(batch):
