@@ -39,14 +39,17 @@ def keras_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-7) -> optax.GradientTransformation:
     """Adam exactly as `keras.optimizers.Adam.update_step` computes it (keras/src/optimizers/adam.py).
 
-    Same formulas *and* same float32 op order, so the updates match Keras's to the last bit as long
-    as XLA's and TF's `pow` round alike:
+    Same formulas *and* same float32 op order. Measured against Keras 3.15 (TF backend) on identical
+    gradients: bit-identical after 1 step, 1.5e-8 after 10, 3.0e-8 after 100. The remaining float32
+    rounding is not the formula: XLA:CPU fuses `m + (g - m) * (1 - b1)` into one fused multiply-add
+    (one rounding instead of TF's two; differs on 11% of elements), and XLA, TF and NumPy round
+    `b ** t` differently in the last bit for some t.
 
         t = float32(count + 1);  alpha = (lr * sqrt(1 - b2**t)) / (1 - b1**t)
         m = m + (g - m) * (1 - b1);  v = v + (g*g - v) * (1 - b2)
         update = -((m * alpha) / (sqrt(v) + eps))
 
-    `b1`, `b2`, `eps`, `learning_rate` must be Python floats: `1 - b1` is then computed in float64
+    `b1`, `b2`, `eps`, `learning_rate` are kept as Python floats: `1 - b1` is then computed in float64
     and rounded once to float32, as Keras does. (As float32 arrays, e.g. through
     `optax.inject_hyperparams` without `static_args`, `1 - 0.999f` = 9.9998713e-4, not 1e-3, and an
     epoch of training drifts by O(0.1) in the parameters.) The learning rate sits inside `alpha`
@@ -55,9 +58,8 @@ def keras_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
     b1, b2, eps, learning_rate = float(b1), float(b2), float(eps), float(learning_rate)
 
     def init_fn(params):
-        zeros = lambda p: jnp.zeros_like(p)  # noqa: E731
-        return KerasAdamState(count=jnp.zeros([], jnp.int32),
-                              mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+        return KerasAdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params),
+                              nu=jax.tree.map(jnp.zeros_like, params))
 
     def update_fn(grads, state, params=None):
         del params
