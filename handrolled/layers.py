@@ -7,7 +7,7 @@ which JAX keeps as static, hashable metadata); `tree_unflatten` rebuilds the lay
 So a whole model is a pytree: `jax.grad(loss)(model, x, y)` returns a model-shaped pytree of
 gradients, and an optimizer can `jax.tree.map` over model and gradients together.
 
-`tree_unflatten` must not initialise or validate anything: JAX calls it with tracers, and
+`tree_unflatten` must not initialise or check the arrays: JAX calls it with tracers, and
 sometimes with placeholder objects, in place of the arrays. Hence the post's `build=False` path.
 
 Weights are float32 and use the Keras/Flax layouts (Dense kernel (in, out); conv kernel HWIO on
