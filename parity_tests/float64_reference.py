@@ -1,0 +1,226 @@
+"""The float64 NumPy reference: every formula the parity suite checks, written out once, by hand.
+
+Nothing here imports the implementations under test (not even `handrolled.conv.same_padding`), so
+a bug shared by the project's code cannot hide in the reference. Everything is computed in float64
+from float32 inputs: the float32 implementations differ from it only by their own rounding, which
+is what the tolerances in the tests measure.
+
+Layouts are the canonical ones (fmnist/weights.py): images NHWC, conv kernels HWIO, Dense kernels
+(in, out), flatten in H, W, C order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F64 = np.float64
+
+
+def f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=F64)
+
+
+# --------------------------------------------------------------------------- padding, conv, pool
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's documented 'SAME' rule for one axis: output ceil(size / stride) and
+
+        total = max((out - 1) * stride + kernel - size, 0); before = total // 2; after = total - before
+
+    so an odd extra row/column of zeros goes at the bottom/right.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_pads(hw, kernel_hw, stride_hw, padding: str):
+    if padding.upper() == "VALID":
+        return (0, 0), (0, 0)
+    return tuple(same_pads(n, k, s) for n, k, s in zip(hw, kernel_hw, stride_hw))
+
+
+def conv2d(x, kernel, bias, stride=(1, 1), padding="SAME"):
+    """y[n,p,q,o] = b[o] + sum_{i,j,c} xpad[n, p*sh+i, q*sw+j, c] * K[i,j,c,o], float64.
+
+    Returns (y, cache) where cache is what `conv2d_backward` needs.
+    """
+    x, kernel, bias = f64(x), f64(kernel), f64(bias)
+    kh, kw = kernel.shape[:2]
+    sh, sw = stride
+    (pt, pb), (pl, pr) = conv_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    y = np.zeros((x.shape[0], ho, wo, kernel.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            y += xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] @ kernel[i, j]
+    return y + bias, (x.shape, xp, kernel, (sh, sw), (pt, pl))
+
+
+def conv2d_backward(dy, cache):
+    """Gradients (dx, dkernel, dbias) of sum(dy * conv2d(x, K, b)), float64."""
+    x_shape, xp, kernel, (sh, sw), (pt, pl) = cache
+    kh, kw = kernel.shape[:2]
+    ho, wo = dy.shape[1:3]
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + sh * (ho - 1) + 1, sh)
+            cols = slice(j, j + sw * (wo - 1) + 1, sw)
+            dk[i, j] = np.einsum("nhwc,nhwo->co", xp[:, rows, cols, :], dy)
+            dxp[:, rows, cols, :] += dy @ kernel[i, j].T
+    dx = dxp[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
+    return dx, dk, dy.sum(axis=(0, 1, 2))
+
+
+def max_pool(x, window=(2, 2), stride=None):
+    """VALID max pooling: y[n,p,q,c] = max_{i<kh, j<kw} x[n, p*sh+i, q*sw+j, c] (rows that do not
+    fill a window are dropped)."""
+    x = f64(x)
+    kh, kw = window
+    sh, sw = stride or window
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    y = np.full((x.shape[0], ho, wo, x.shape[3]), -np.inf)
+    for i in range(kh):
+        for j in range(kw):
+            y = np.maximum(y, x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :])
+    return y
+
+
+def max_pool_2x2_backward(dy, x):
+    """Gradient of 2x2/2 max pooling: dy goes to the window's maximum, split evenly between ties
+    (any split of a tie is a valid subgradient; in the models ties sit where relu already zeroes
+    the gradient, or on identical input patches, so the parameter gradients do not depend on it)."""
+    n, h, w, c = x.shape
+    xw = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    is_max = (xw == xw.max(axis=(2, 4), keepdims=True)).astype(F64)
+    share = is_max / is_max.sum(axis=(2, 4), keepdims=True)
+    dx = np.zeros_like(x)
+    dx[:, :h // 2 * 2, :w // 2 * 2] = (share * dy[:, :, None, :, None, :]).reshape(n, h // 2 * 2, w // 2 * 2, c)
+    return dx
+
+
+def flatten(x):
+    """(N, H, W, C) -> (N, H*W*C), row-major over H, W, C: Keras's Flatten on channels_last data."""
+    return x.reshape(x.shape[0], -1)
+
+
+def relu(z):
+    return np.maximum(z, 0.0)
+
+
+# --------------------------------------------------------------------------- softmax and losses
+
+def log_softmax(z):
+    """z - logsumexp(z) with the max shift: exact in float64 for any finite logits."""
+    z = f64(z)
+    m = z.max(axis=-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
+def sparse_xent_logits(labels, z):
+    """Per-example logsumexp(z_i) - z_i[y_i]."""
+    return -np.take_along_axis(log_softmax(z), np.asarray(labels)[:, None], axis=-1)[:, 0]
+
+
+def sparse_xent_logits_grad(labels, z):
+    """d/dz of the *mean* over the batch: (softmax(z) - onehot(y)) / N."""
+    z = f64(z)
+    g = softmax(z)
+    g[np.arange(len(z)), labels] -= 1.0
+    return g / len(z)
+
+
+# --------------------------------------------------------------------------- the two models
+
+def _w(weights):
+    return {layer: {k: f64(v) for k, v in p.items()} for layer, p in weights.items()}
+
+
+def forward(weights, x):
+    """Logits of the mlp or cnn (chosen by the weights' layers) and the activations backprop needs."""
+    w = _w(weights)
+    acts = {"x": f64(x)}
+    h = acts["x"]
+    for layer in ("conv_0", "conv_1"):
+        if layer in w:
+            z, acts[f"{layer}_cache"] = conv2d(h, w[layer]["kernel"], w[layer]["bias"], (1, 1), "SAME")
+            acts[f"{layer}_z"], acts[f"{layer}_a"] = z, relu(z)
+            h = max_pool(acts[f"{layer}_a"])
+    acts["pre_flatten_shape"] = h.shape
+    acts["flat"] = h = flatten(h)
+    acts["dense_0_z"] = h @ w["dense_0"]["kernel"] + w["dense_0"]["bias"]
+    acts["dense_0_a"] = relu(acts["dense_0_z"])
+    logits = acts["dense_0_a"] @ w["dense_1"]["kernel"] + w["dense_1"]["bias"]
+    return logits, acts
+
+
+def loss_and_grads(weights, x, labels):
+    """Mean sparse cross-entropy from logits on one batch, and its gradient for every parameter
+    (canonical layout), by hand-written backprop in float64."""
+    w = _w(weights)
+    logits, a = forward(weights, x)
+    loss = float(np.mean(sparse_xent_logits(labels, logits)))
+    grads = {}
+    dz = sparse_xent_logits_grad(labels, logits)
+    grads["dense_1"] = {"kernel": a["dense_0_a"].T @ dz, "bias": dz.sum(0)}
+    dz = (dz @ w["dense_1"]["kernel"].T) * (a["dense_0_z"] > 0)
+    grads["dense_0"] = {"kernel": a["flat"].T @ dz, "bias": dz.sum(0)}
+    if "conv_0" in w:
+        dh = (dz @ w["dense_0"]["kernel"].T).reshape(a["pre_flatten_shape"])
+        for layer in ("conv_1", "conv_0"):
+            dz_conv = max_pool_2x2_backward(dh, a[f"{layer}_a"]) * (a[f"{layer}_z"] > 0)
+            dh, dk, db = conv2d_backward(dz_conv, a[f"{layer}_cache"])
+            grads[layer] = {"kernel": dk, "bias": db}
+        grads = {k: grads[k] for k in ("conv_0", "conv_1", "dense_0", "dense_1")}
+    else:
+        grads = {k: grads[k] for k in ("dense_0", "dense_1")}
+    return loss, grads
+
+
+# --------------------------------------------------------------------------- optimizers
+
+def sgd(params, grads_seq, lr, momentum=0.0):
+    """theta after every step of SGD: t = g + momentum * t; theta -= lr * t (t = g without momentum)."""
+    p = {k: f64(v) for k, v in params.items()}
+    trace = {k: np.zeros_like(v) for k, v in p.items()}
+    out = []
+    for g in grads_seq:
+        for k in p:
+            trace[k] = f64(g[k]) + momentum * trace[k]
+            p[k] = p[k] - lr * trace[k]
+        out.append({k: v.copy() for k, v in p.items()})
+    return out
+
+
+def adam(params, grads_seq, lr, b1=0.9, b2=0.999, eps=1e-7, convention="keras"):
+    """theta after every step of Adam, in float64.
+
+    "paper" (Kingma & Ba Algorithm 1, optax.adam): theta -= lr * m_hat / (sqrt(v_hat) + eps)
+    "keras" (epsilon hat, Keras's Adam):          theta -= lr sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)
+    """
+    p = {k: f64(v) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    out = []
+    for t, g in enumerate(grads_seq, start=1):
+        for k in p:
+            gk = f64(g[k])
+            m[k] = b1 * m[k] + (1 - b1) * gk
+            v[k] = b2 * v[k] + (1 - b2) * gk * gk
+            if convention == "paper":
+                m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+                p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+            else:
+                alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p[k] = p[k] - alpha * m[k] / (np.sqrt(v[k]) + eps)
+        out.append({k: x.copy() for k, x in p.items()})
+    return out
