@@ -43,37 +43,35 @@ def conv_pads(hw, kernel_hw, stride_hw, padding: str):
 def conv2d(x, kernel, bias, stride=(1, 1), padding="SAME"):
     """y[n,p,q,o] = b[o] + sum_{i,j,c} xpad[n, p*sh+i, q*sw+j, c] * K[i,j,c,o], float64.
 
-    Returns (y, cache) where cache is what `conv2d_backward` needs.
+    Computed as patches (one strided slice per kernel offset (i, j)) times the kernel reshaped to
+    (kh*kw*cin, cout). Returns (y, cache) where cache is what `conv2d_backward` needs.
     """
     x, kernel, bias = f64(x), f64(kernel), f64(bias)
-    kh, kw = kernel.shape[:2]
+    kh, kw, cin, cout = kernel.shape
     sh, sw = stride
     (pt, pb), (pl, pr) = conv_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     ho = (xp.shape[1] - kh) // sh + 1
     wo = (xp.shape[2] - kw) // sw + 1
-    y = np.zeros((x.shape[0], ho, wo, kernel.shape[-1]))
-    for i in range(kh):
-        for j in range(kw):
-            y += xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] @ kernel[i, j]
-    return y + bias, (x.shape, xp, kernel, (sh, sw), (pt, pl))
+    windows = [(slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+               for i in range(kh) for j in range(kw)]
+    patches = np.concatenate([xp[:, rows, cols, :] for rows, cols in windows], axis=-1)
+    y = patches @ kernel.reshape(kh * kw * cin, cout) + bias
+    return y, (x.shape, xp.shape, patches, windows, kernel, (pt, pl))
 
 
 def conv2d_backward(dy, cache):
     """Gradients (dx, dkernel, dbias) of sum(dy * conv2d(x, K, b)), float64."""
-    x_shape, xp, kernel, (sh, sw), (pt, pl) = cache
-    kh, kw = kernel.shape[:2]
-    ho, wo = dy.shape[1:3]
-    dxp = np.zeros_like(xp)
-    dk = np.zeros_like(kernel)
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i, i + sh * (ho - 1) + 1, sh)
-            cols = slice(j, j + sw * (wo - 1) + 1, sw)
-            dk[i, j] = np.einsum("nhwc,nhwo->co", xp[:, rows, cols, :], dy)
-            dxp[:, rows, cols, :] += dy @ kernel[i, j].T
+    x_shape, xp_shape, patches, windows, kernel, (pt, pl) = cache
+    kh, kw, cin, cout = kernel.shape
+    flat_dy = dy.reshape(-1, cout)
+    dk = (patches.reshape(-1, kh * kw * cin).T @ flat_dy).reshape(kernel.shape)
+    dpatches = dy @ kernel.reshape(kh * kw * cin, cout).T
+    dxp = np.zeros(xp_shape)
+    for n, (rows, cols) in enumerate(windows):
+        dxp[:, rows, cols, :] += dpatches[..., n * cin:(n + 1) * cin]
     dx = dxp[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
-    return dx, dk, dy.sum(axis=(0, 1, 2))
+    return dx, dk, flat_dy.sum(axis=0)
 
 
 def max_pool(x, window=(2, 2), stride=None):
@@ -201,26 +199,51 @@ def sgd(params, grads_seq, lr, momentum=0.0):
     return out
 
 
-def adam(params, grads_seq, lr, b1=0.9, b2=0.999, eps=1e-7, convention="keras"):
-    """theta after every step of Adam, in float64.
+def adam_step(p, m, v, g, t, lr, b1=0.9, b2=0.999, eps=1e-7, convention="keras"):
+    """One Adam step (t = 1, 2, ...) on float64 arrays; returns the new (p, m, v).
 
     "paper" (Kingma & Ba Algorithm 1, optax.adam): theta -= lr * m_hat / (sqrt(v_hat) + eps)
     "keras" (epsilon hat, Keras's Adam):          theta -= lr sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)
     """
+    g = f64(g)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    if convention == "paper":
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    else:
+        p = p - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+    return p, m, v
+
+
+def adam(params, grads_seq, lr, b1=0.9, b2=0.999, eps=1e-7, convention="keras"):
+    """theta after every step of Adam on a fixed gradient sequence, in float64."""
     p = {k: f64(v) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
     out = []
     for t, g in enumerate(grads_seq, start=1):
         for k in p:
-            gk = f64(g[k])
-            m[k] = b1 * m[k] + (1 - b1) * gk
-            v[k] = b2 * v[k] + (1 - b2) * gk * gk
-            if convention == "paper":
-                m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
-                p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
-            else:
-                alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-                p[k] = p[k] - alpha * m[k] / (np.sqrt(v[k]) + eps)
+            p[k], m[k], v[k] = adam_step(p[k], m[k], v[k], g[k], t, lr, b1, b2, eps, convention)
         out.append({k: x.copy() for k, x in p.items()})
     return out
+
+
+def train_adam(weights, x, y, batches, lr, b1=0.9, b2=0.999, eps=1e-7, convention="keras", snapshots=()):
+    """Train the mlp/cnn in float64 with Adam on index batches (K, B) of (x, y).
+
+    Returns (losses before each step, {step: weights after that step} for each step in `snapshots`).
+    """
+    w = {layer: {k: f64(a) for k, a in p.items()} for layer, p in weights.items()}
+    m = {layer: {k: np.zeros_like(a) for k, a in p.items()} for layer, p in w.items()}
+    v = {layer: {k: np.zeros_like(a) for k, a in p.items()} for layer, p in w.items()}
+    losses, saved = [], {}
+    for t, idx in enumerate(batches, start=1):
+        loss, grads = loss_and_grads(w, x[idx], y[idx])
+        losses.append(loss)
+        for layer in w:
+            for k in w[layer]:
+                w[layer][k], m[layer][k], v[layer][k] = adam_step(
+                    w[layer][k], m[layer][k], v[layer][k], grads[layer][k], t, lr, b1, b2, eps, convention)
+        if t in snapshots:
+            saved[t] = {layer: {k: a.copy() for k, a in p.items()} for layer, p in w.items()}
+    return np.array(losses), saved
