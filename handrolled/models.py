@@ -54,13 +54,13 @@ def _cnn_layers(w: fw.Weights, conv_impl: str, pool_impl: str) -> Sequential:
 _BUILDERS = {"mlp": _mlp_layers, "cnn": _cnn_layers}
 
 
-def from_weights(model_name: str, weights: fw.Weights, conv_impl: str = "lax",
+def from_weights(model_name: str, weights: fw.Weights, conv_impl: str = "auto",
                  pool_impl: str = "auto") -> Sequential:
     """The `model_name` ("mlp" or "cnn") network holding `weights` (canonical format, checked).
 
     Arrays are converted with `jnp.asarray`, keeping their dtype and bits (float32 expected).
-    `conv_impl` ("im2col" or "lax") and `pool_impl` ("auto", "reshape", "reduce_window") pick
-    how Conv2D and MaxPool2D compute (see `handrolled.layers`); the weights mean the same.
+    `conv_impl` ("auto", "lax", "im2col", "shift") and `pool_impl` ("auto", "first_max",
+    "reshape", "reduce_window") pick how Conv2D and MaxPool2D compute (see `handrolled.layers`); the weights mean the same.
     """
     fw.check_weights(model_name, weights)
     return _BUILDERS[model_name](weights, conv_impl, pool_impl)
@@ -85,7 +85,7 @@ def to_weights(model: Sequential) -> fw.Weights:
     return weights
 
 
-def build_model(name: str, init: str = "he_normal", seed: int = 0, conv_impl: str = "lax",
+def build_model(name: str, init: str = "he_normal", seed: int = 0, conv_impl: str = "auto",
                 pool_impl: str = "auto") -> Sequential:
     """A freshly initialised model: from_weights(name, fmnist.weights.init_weights(name, init, seed)).
 
@@ -100,6 +100,6 @@ def mlp(init: str = "he_normal", seed: int = 0) -> Sequential:
     return build_model("mlp", init, seed)
 
 
-def cnn(init: str = "he_normal", seed: int = 0, conv_impl: str = "lax", pool_impl: str = "auto") -> Sequential:
+def cnn(init: str = "he_normal", seed: int = 0, conv_impl: str = "auto", pool_impl: str = "auto") -> Sequential:
     """The CNN (two Conv 3x3 SAME + relu + MaxPool 2/2 blocks, then 3136->128->10), freshly initialised."""
     return build_model("cnn", init, seed, conv_impl, pool_impl)

@@ -79,13 +79,36 @@ def test_logits_match_numpy_float64_reference(name, init, rng):
 
 
 def test_fast_pool_equals_nn_max_pool_values_and_gradients(rng):
-    """The reshape+max pool is `nn.max_pool(x, (2,2), strides=(2,2))`: forward exactly, and
-    gradients exactly where the max of each window is unique (ties are split by jnp.max)."""
+    """The first-max pool is `nn.max_pool(x, (2,2), strides=(2,2))`: forward and gradients exactly."""
     x = jnp.asarray(rng.standard_normal((4, 28, 28, 8)), jnp.float32)  # continuous: no ties
     idiomatic = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
     np.testing.assert_array_equal(max_pool_2x2(x), idiomatic(x))
     ct = jnp.asarray(rng.standard_normal((4, 14, 14, 8)), jnp.float32)
     grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * ct))(x)  # noqa: E731
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(idiomatic))
+    # ... also at ties (rounded inputs): both send a window's gradient to its first maximum
+    xt = jnp.round(x * 1.5)
+    gt = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * ct))(xt)  # noqa: E731
+    np.testing.assert_array_equal(gt(max_pool_2x2), gt(idiomatic))
+    assert np.count_nonzero(np.asarray(gt(max_pool_2x2))) == ct.size
     # nn.max_pool's easy-to-miss default is stride 1, which would give 27x27, not 14x14
     assert nn.max_pool(x, (2, 2)).shape == (4, 27, 27, 8)
+
+
+def test_shift_conv_equals_nn_conv_values_and_gradients(rng):
+    """`ShiftConv` (conv_0 of the CNN) is nn.Conv(F, (3, 3), padding="SAME") computed as shifted
+    slices: the same parameters, values and gradients, float32 rounding apart."""
+    from flax_impl.models import ShiftConv
+
+    for cin in (1, 3):
+        x = jnp.asarray(rng.random((4, 28, 28, cin)), jnp.float32)
+        params = {"kernel": jnp.asarray(rng.standard_normal((3, 3, cin, 8)), jnp.float32),
+                  "bias": jnp.asarray(rng.standard_normal(8), jnp.float32)}
+        ours = lambda p, x: ShiftConv(8).apply({"params": p}, x)  # noqa: E731
+        ref = lambda p, x: nn.Conv(8, (3, 3), padding="SAME").apply({"params": p}, x)  # noqa: E731
+        assert jax.eval_shape(ShiftConv(8).init, jax.random.key(0), x)["params"]["kernel"].shape == (3, 3, cin, 8)
+        np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+        ct = jnp.asarray(rng.standard_normal((4, 28, 28, 8)), jnp.float32)
+        grad = lambda f: jax.jit(jax.grad(lambda p, x: jnp.sum(f(p, x) * ct), (0, 1)))(params, x)  # noqa: E731
+        for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(ref))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))

@@ -106,7 +106,7 @@ def test_bad_padding_and_sizes_raise():
 
 # ----------------------------------------------------------------------------- convolution
 
-@pytest.mark.parametrize("impl", ["lax", "im2col"])
+@pytest.mark.parametrize("impl", ["lax", "im2col", "shift", "auto"])
 @pytest.mark.parametrize("h,w,kernel,stride,padding", CONV_CASES)
 def test_conv_matches_numpy_loop(rng, impl, h, w, kernel, stride, padding):
     x, k = _conv_inputs(rng, h, w, kernel)
@@ -145,6 +145,31 @@ def test_im2col_equals_lax_conv(rng, h, w, kernel, stride, padding):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cin", [1, 3])
+@pytest.mark.parametrize("h,w,kernel,stride,padding", CONV_CASES)
+def test_shift_conv_equals_lax_conv_values_and_gradients(rng, cin, h, w, kernel, stride, padding):
+    # The shifted-slices form with its custom VJP (kernel gradient as patches^T dy, input gradient
+    # by differentiating the slices): the same sums as lax, float32 rounding apart.
+    x, k = _conv_inputs(rng, h, w, kernel, cin=cin, cout=4)
+    x, k = jnp.asarray(x), jnp.asarray(k)
+    lax_y = conv2d_lax(x, k, stride, padding)
+    np.testing.assert_allclose(np.asarray(conv.conv2d_shift(x, k, stride, padding)), np.asarray(lax_y),
+                               rtol=1e-5, atol=1e-5)
+    ct = jnp.asarray(rng.standard_normal(lax_y.shape).astype(np.float32))
+    grads = {impl: jax.jit(jax.grad(lambda x, k, impl=impl: jnp.vdot(ct, conv.conv2d(x, k, stride, padding, impl)),
+                                    (0, 1)))(x, k) for impl in ("lax", "shift")}
+    for a, b in zip(grads["shift"], grads["lax"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_conv_impl_is_shift_for_one_input_channel_only():
+    assert conv.conv_impl_for(1) == "shift"
+    assert conv.conv_impl_for(32) == "lax"
+    assert conv.conv_impl_for(1, "lax") == "lax"
+    with pytest.raises(ValueError, match="impl"):
+        conv.conv_impl_for(1, "fft")
+
+
 def test_im2col_patch_layout(rng):
     # The last axis of im2col must run over (i, j, c) like an HWIO kernel reshaped to (kh*kw*C, O).
     x = jnp.asarray(rng.standard_normal((1, 4, 5, 2)).astype(np.float32))
@@ -156,7 +181,7 @@ def test_im2col_patch_layout(rng):
             np.testing.assert_array_equal(patches[0, p, q], xn[0, p:p + 3, q:q + 3, :].reshape(-1))
 
 
-@pytest.mark.parametrize("impl", ["lax", "im2col"])
+@pytest.mark.parametrize("impl", ["lax", "im2col", "shift"])
 @pytest.mark.parametrize("h,w,kernel,stride,padding", [CONV_CASES[i] for i in (0, 2, 3, 5, 7)])
 def test_conv_gradients_match_finite_differences(x64, fd_check, rng, impl, h, w, kernel, stride, padding):
     x, k = _conv_inputs(rng, h, w, kernel, cin=2, cout=3)
@@ -217,6 +242,28 @@ def test_max_pool_gradient_at_ties_is_documented_behaviour():
     g_window = np.asarray(jax.grad(lambda x: conv.max_pool2d_reduce_window(x, 2, 2).sum())(x))
     np.testing.assert_array_equal(g_reshape.ravel(), [0.25] * 4)
     assert sorted(g_window.ravel()) == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("h,w,window,stride", [c for c in POOL_CASES if c[2] == c[3]])
+def test_first_max_pool_equals_reduce_window_values_and_gradients_even_at_ties(rng, h, w, window, stride):
+    # Rounded inputs: many windows hold tied maxima. The first-max pool sends all of a window's
+    # gradient to its first maximum (row-major), which is exactly what reduce_window's
+    # select-and-scatter (and TF's MaxPool) does: values and gradients bit-identical.
+    x = jnp.asarray(np.round(rng.standard_normal((2, h, w, 3)) * 1.5).astype(np.float32))
+    ref_y = conv.max_pool2d_reduce_window(x, window, stride)
+    np.testing.assert_array_equal(np.asarray(conv.max_pool2d_first_max(x, window)), np.asarray(ref_y))
+    ct = jnp.asarray(rng.standard_normal(ref_y.shape).astype(np.float32))
+    g = {impl: np.asarray(jax.grad(lambda x, impl=impl: jnp.vdot(ct, conv.max_pool2d(x, window, stride, impl)))(x))
+         for impl in ("first_max", "auto", "reduce_window")}
+    np.testing.assert_array_equal(g["first_max"], g["reduce_window"])
+    np.testing.assert_array_equal(g["auto"], g["first_max"])
+    assert np.count_nonzero(g["first_max"]) == ct.size  # one entry per window, ties or not
+
+
+def test_first_max_pool_gradient_goes_to_the_first_of_tied_maxima():
+    x = jnp.asarray([[[[1.0], [2.0]], [[2.0], [2.0]]]])  # (1, 2, 2, 1): max 2 at positions 1, 2, 3
+    g = np.asarray(jax.grad(lambda x: conv.max_pool2d_first_max(x, 2).sum())(x))
+    np.testing.assert_array_equal(g.ravel(), [0, 1, 0, 0])
 
 
 @pytest.mark.parametrize("h,w,window,stride", [POOL_CASES[i] for i in (1, 3, 4)])
