@@ -54,6 +54,10 @@ IMPL = "flax"
 # there; it adds one dispatch per step.
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
+# Steps per iteration of the scan's loop: unrolling by 2 cut the MLP epoch by 7-9% (0.31 -> 0.285 s,
+# measured A B A B in one process); 4 and 8 gained nothing. Same steps, same order, same numbers.
+SCAN_UNROLL = 2
+
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:
     """A `TrainState` (step, apply_fn, params, tx, opt_state) starting from `params`."""
@@ -100,7 +104,7 @@ def _scan_steps(state, x, y, batches):
         state, loss, correct = _train_step(state, x[idx], y[idx])
         return state, (loss, correct)
 
-    state, (losses, corrects) = lax.scan(body, state, batches)
+    state, (losses, corrects) = lax.scan(body, state, batches, unroll=SCAN_UNROLL)
     return state, losses, corrects
 
 

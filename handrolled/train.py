@@ -38,6 +38,12 @@ from handrolled.optimizers import SGD, Adam
 # backend runs convolutions inside a scan about 4.5x slower (jax-ml/jax#12868).
 SCAN_MODELS = ("mlp",)
 
+# Steps per iteration of the scan's loop. Unrolling by 2 halves the loop's per-iteration overhead;
+# measured on the 2-core box, MLP batch 32, 600 steps, one process, A B A B: 0.309/0.315 s/epoch
+# (unroll 1) vs 0.289/0.284 (unroll 2); 4 and 8 were no better than 1 (0.30, 0.31). The steps
+# and their order are unchanged, so the numbers are too (tested against the Python loop).
+SCAN_UNROLL = 2
+
 
 def make_optimizer(config: TrainConfig):
     """The optimizer `config` asks for, as a hand-rolled `SGD` or `Adam` (pure form used)."""
@@ -80,7 +86,7 @@ def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bo
         def body(state, idx):
             model, opt_state, loss, correct = step(*state, x_all[idx], y_all[idx])
             return (model, opt_state), (loss, correct)
-        return jax.lax.scan(body, state, batches)
+        return jax.lax.scan(body, state, batches, unroll=SCAN_UNROLL)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def one_step(state, idx):

@@ -1,0 +1,44 @@
+"""`fmnist bench`: the shape of its JSON output, from a run with tiny step counts (no timing asserted)."""
+
+import json
+
+import pytest
+
+from fmnist import bench
+from fmnist.data import DataError, load_splits
+
+
+@pytest.fixture(scope="module")
+def small_splits():
+    try:
+        return load_splits(val_size=500, train_limit=3000, test_limit=500)
+    except DataError as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+
+
+def test_bench_json_schema(small_splits, capsys):
+    pytest.importorskip("tensorflow")
+    assert bench.main_bench(["mlp", "cnn"], list(bench.IMPLS), repeats=2, steps={"mlp": 3, "cnn": 2},
+                            as_json=True, splits=small_splits) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"mlp", "cnn", "ratios", "machine"}
+    for model, names in (("mlp", {"handrolled", "flax", "keras", "bound"}), ("cnn", {"handrolled", "flax", "keras"})):
+        r = out[model]
+        assert set(r) == names | {"samples", "batch_size", "steps_timed", "steps_per_epoch"}
+        assert r["batch_size"] == bench.DEFAULT_SETUPS[model][0]
+        assert r["steps_timed"] == {"mlp": 3, "cnn": 2}[model]
+        assert r["steps_per_epoch"] == -(-len(small_splits.x_train) // r["batch_size"])
+        assert set(r["samples"]) == names
+        for name in names:
+            assert len(r["samples"][name]) == 2 and all(t > 0 for t in r["samples"][name])
+            assert r[name] > 0
+    assert set(out["ratios"]["mlp"]) == {"keras/handrolled", "keras/flax", "handrolled/bound", "flax/bound"}
+    assert set(out["ratios"]["cnn"]) == {"keras/handrolled", "keras/flax"}
+    assert out["machine"]["cpus"] >= 1 and isinstance(out["machine"]["jax_backend"], str)
+
+
+def test_bench_table_lists_every_model(small_splits):
+    results = bench.bench(["mlp"], ["handrolled"], repeats=1, steps={"mlp": 2}, splits=small_splits, log=None)
+    text = bench.table(results)
+    assert text.splitlines()[2].startswith("| mlp | 32 |")
+    assert "handrolled/bound" in text
