@@ -230,9 +230,14 @@ def test_step_100_from_the_same_state(model_name, step_100, a, b):
     for the CNN too."""
     # Measured: MLP 1.6e-8, CNN 5.2e-8 (float32 vs float64), 1.5e-8 (JAX vs Keras): one rounding of
     # |theta| <= 0.5 (half an ulp: 3e-8) plus the gradient's rounding through Adam. Asserted 2e-7,
-    # ~4x. From the same state, the paper convention at t = 100 (eps/sqrt(1 - 0.999^100) = 3.2e-7
-    # instead of 1e-7) is far outside this.
-    check(f"{model_name} step 100 from the same state {a} vs {b}", max_abs_diff(step_100(a), step_100(b)), 2e-7)
+    # ~4x. The paper convention at t = 100 (eps / sqrt(1 - 0.999^100) = 3.2e-7 instead of 1e-7) is
+    # 2.4e-4 away from this state. One exception, float64 vs float32 on the CNN: from another state
+    # (the one the paper-convention run reaches) a 2x2 window of conv_1's output held two maxima tied
+    # in float64 and 4e-7 apart in float32 (0.17399772 vs 0.1739973), the gradient went to a
+    # different position, and the step differed by 3.0e-6 (float32 pairs: still 1.5e-8). Real images
+    # make such ties common (black regions repeat the same patch), so that comparison allows 1e-5.
+    tol = 1e-5 if model_name == "cnn" and "float64" in (a, b) else 2e-7
+    check(f"{model_name} step 100 from the same state {a} vs {b}", max_abs_diff(step_100(a), step_100(b)), tol)
 
 
 # --------------------------------------------------------------------------- a whole epoch
@@ -259,23 +264,29 @@ def epoch_run(model_name, splits):
     return get
 
 
-# Tolerances for one 125-step epoch, measured JAX vs Keras over seeds 0-5 (hand-rolled vs Flax: 0):
-#   MLP (not chaotic over 125 steps: parameters 2.2e-6 apart at the end, seed 0):
-#     epoch-mean loss <= 7.6e-8 (~0.9; Keras accumulates its running mean in float32),
-#     validation and test loss <= 1.6e-7, accuracies identical up to Keras's float32 (<= 2.4e-8).
-#     Asserted: losses 5e-7 (2 ulps of 0.9 for the float32 means), accuracies 1e-6 (< 1/4000: the
-#     same number of correct examples).
-#   CNN (chaotic, see the module docstring; 0.013 apart in parameters at the end of seed 0's epoch):
-#     epoch-mean loss 2.0e-4 (seed 0), 1.2e-3 worst seed; training accuracy up to 11 of 4000
-#     examples; validation/test loss up to 5.7e-3; validation/test accuracy up to 4 of 1000.
-#     Asserted (about 2.5x the worst seed): loss 3e-3, accuracy 30/4000, val/test loss 1.5e-2,
-#     val/test accuracy 10/1000. These are not float32 rounding bounds; they are how far apart two
-#     correct implementations end up after 125 chaotic steps, measured over six seeds.
+# Tolerances for one 125-step epoch, in two regimes told apart by the final parameters:
+#
+# "together" (max |dtheta| <= 2e-5: no ReLU or max-pool decision flipped during the epoch, so the two
+#   runs are still the same float32 computation up to rounding): the MLP, JAX vs Keras, seeds 0-5:
+#   parameters <= 2.2e-6 apart, epoch-mean loss (~0.9; Keras keeps its running mean in float32)
+#   <= 7.6e-8, validation/test loss <= 1.6e-7, accuracies equal up to Keras's float32 (<= 2.7e-8);
+#   11 of 12 runs from weights perturbed by N(0, 1e-7) also stayed here (loss <= 1.9e-7, val/test
+#   loss <= 3.1e-7). Asserted: losses 1e-6, accuracies 1e-6 (< 1/4000: the same correct count).
+#
+# "apart" (a decision flipped and the runs separated; the CNN always does within 125 steps, the MLP
+#   did in 1 of 12 perturbed runs): what remains equal is statistical. Measured over 12 runs of the
+#   CNN from weights perturbed by N(0, 1e-7) (the size of float32 rounding), 6 seeds of JAX vs Keras
+#   and the one separated MLP run: epoch-mean loss up to 5.0e-3 (median 1.5e-3), training accuracy
+#   up to 11 of 4000 examples, validation/test loss (of the final model only) up to 3.8e-2,
+#   validation accuracy up to 12 of 1000, test accuracy up to 6 of 1000. Asserted about 2x those.
+#   These are not rounding bounds: they are how far two correct float32 runs end up after 125
+#   chaotic steps. Only gross errors fail them; the tight checks above do the fine work.
+SEPARATED = 2e-5
 EPOCH_TOL = {
-    "mlp": {"loss": 5e-7, "accuracy": 1e-6, "val_loss": 5e-7, "val_accuracy": 1e-6,
-            "test_loss": 5e-7, "test_accuracy": 1e-6},
-    "cnn": {"loss": 3e-3, "accuracy": 30 / 4000, "val_loss": 1.5e-2, "val_accuracy": 10 / 1000,
-            "test_loss": 1.5e-2, "test_accuracy": 10 / 1000},
+    "together": {"loss": 1e-6, "accuracy": 1e-6, "val_loss": 1e-6, "val_accuracy": 1e-6,
+                 "test_loss": 1e-6, "test_accuracy": 1e-6},
+    "apart": {"loss": 1e-2, "accuracy": 24 / 4000, "val_loss": 8e-2, "val_accuracy": 25 / 1000,
+              "test_loss": 8e-2, "test_accuracy": 15 / 1000},
 }
 
 
@@ -286,8 +297,9 @@ def test_one_epoch_history_rows(model_name, epoch_run, a, b):
     assert len(ra.epochs) == len(rb.epochs) == 1
     got_a = {**ra.epochs[0], "test_loss": ra.test_loss, "test_accuracy": ra.test_accuracy}
     got_b = {**rb.epochs[0], "test_loss": rb.test_loss, "test_accuracy": rb.test_accuracy}
-    for key, tol in EPOCH_TOL[model_name].items():
-        check(f"{model_name} one epoch: {key} {a} vs {b}", abs(got_a[key] - got_b[key]), tol)
-    # Reported, deliberately not asserted (see the module docstring: training is chaotic).
-    record(f"{model_name} params after the 125-step epoch {a} vs {b} (not asserted)",
-           max_abs_diff(ra.weights, rb.weights))
+    apart = max_abs_diff(ra.weights, rb.weights)
+    regime = "apart" if apart > SEPARATED else "together"
+    # The parameter difference itself is reported, deliberately not asserted (module docstring).
+    record(f"{model_name} params after the 125-step epoch {a} vs {b} (not asserted; regime {regime!r})", apart)
+    for key, tol in EPOCH_TOL[regime].items():
+        check(f"{model_name} one epoch ({regime}): {key} {a} vs {b}", abs(got_a[key] - got_b[key]), tol)
