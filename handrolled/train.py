@@ -98,7 +98,7 @@ def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bo
             state, (losses, corrects) = scan_steps(state, jnp.asarray(batches))
             return state, losses, corrects
         losses, corrects = [], []
-        for idx in jnp.asarray(batches):
+        for idx in np.asarray(batches):  # NumPy rows: no device-side slicing op per step
             state, (loss, correct) = one_step(state, idx)
             losses.append(loss)
             corrects.append(correct)
