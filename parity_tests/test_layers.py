@@ -257,10 +257,11 @@ def logits_of(weights, batch, model_name):
 def test_model_logits(model_name, logits_of, a, b):
     """Forward pass of the whole MLP / CNN on a real batch, from the same canonical weights: checks
     the weight copy (no transposes), SAME padding, 2x2/2 pooling and the NHWC flatten together."""
-    # Measured: MLP 7.8e-7 (Keras vs float64), 7.2e-7 (JAX vs Keras), 6.6e-7 (JAX vs float64);
-    # CNN 9.5e-7 (JAX vs Keras), 8.4e-7 (JAX vs float64), 8.3e-7 (Keras vs float64); hand-rolled vs
-    # Flax 0 (the same XLA ops). Asserted 3e-6, ~3x. A transposed conv kernel or an NCHW flatten
-    # moves logits by O(1) (see test_nchw_flatten_would_be_caught).
+    # Measured: MLP 7.8e-7 (Keras vs float64), 7.2e-7 (JAX vs Keras), 6.6e-7 (JAX vs float64), 0
+    # hand-rolled vs Flax (the same XLA ops); CNN 1.0e-6 (JAX vs Keras), 8.5e-7 (JAX vs float64),
+    # 8.3e-7 (Keras vs float64), 5.4e-7 hand-rolled vs Flax (whose conv_0 sums shifted slices).
+    # Asserted 3e-6, ~3x. A transposed conv kernel or an NCHW flatten moves logits by O(1)
+    # (see test_nchw_flatten_would_be_caught).
     check(f"{model_name} logits {a} vs {b}", max_abs_diff(logits_of(a), logits_of(b)), 3e-6)
 
 

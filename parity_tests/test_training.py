@@ -266,7 +266,7 @@ def epoch_run(model_name, splits):
 
 # Tolerances for one 125-step epoch, in two regimes told apart by the final parameters:
 #
-# "together" (max |dtheta| <= 2e-5: no ReLU or max-pool decision flipped during the epoch, so the two
+# "together" (max |dtheta| <= 1e-5: no ReLU or max-pool decision flipped during the epoch, so the two
 #   runs are still the same float32 computation up to rounding): the MLP, JAX vs Keras, seeds 0-5:
 #   parameters <= 2.2e-6 apart, epoch-mean loss (~0.9; Keras keeps its running mean in float32)
 #   <= 7.6e-8, validation/test loss <= 1.6e-7, accuracies equal up to Keras's float32 (<= 2.7e-8);
@@ -274,19 +274,25 @@ def epoch_run(model_name, splits):
 #   loss <= 3.1e-7). Asserted: losses 1e-6, accuracies 1e-6 (< 1/4000: the same correct count).
 #
 # "apart" (a decision flipped and the runs separated; the CNN always does within 125 steps, the MLP
-#   did in 1 of 12 perturbed runs): what remains equal is statistical. Measured over 12 runs of the
-#   CNN from weights perturbed by N(0, 1e-7) (the size of float32 rounding), 6 seeds of JAX vs Keras
-#   and the one separated MLP run: epoch-mean loss up to 5.0e-3 (median 1.5e-3), training accuracy
-#   up to 11 of 4000 examples, validation/test loss (of the final model only) up to 3.8e-2,
-#   validation accuracy up to 12 of 1000, test accuracy up to 6 of 1000. Asserted about 2x those.
-#   These are not rounding bounds: they are how far two correct float32 runs end up after 125
-#   chaotic steps. Only gross errors fail them; the tight checks above do the fine work.
-SEPARATED = 2e-5
-EPOCH_TOL = {
-    "together": {"loss": 1e-6, "accuracy": 1e-6, "val_loss": 1e-6, "val_accuracy": 1e-6,
-                 "test_loss": 1e-6, "test_accuracy": 1e-6},
-    "apart": {"loss": 1e-2, "accuracy": 24 / 4000, "val_loss": 8e-2, "val_accuracy": 25 / 1000,
-              "test_loss": 8e-2, "test_accuracy": 15 / 1000},
+#   did in 1 of 12 runs perturbed by N(0, 1e-7) and in 20 of 20 perturbed by N(0, 1e-6)): what remains
+#   equal is statistical. Measured spread of such runs against the unperturbed one:
+#     CNN (12 runs, N(0, 1e-7), plus 6 seeds of JAX vs Keras): epoch-mean loss up to 5.0e-3 (median
+#       1.5e-3), training accuracy 11 of 4000 examples, validation/test loss (of the final model
+#       only) 3.8e-2, validation accuracy 12 of 1000, test accuracy 6 of 1000.
+#     MLP (20 runs, N(0, 1e-6)): loss 1.2e-3, training accuracy 10 of 4000, validation loss 8.7e-3,
+#       test loss 1.1e-2, validation and test accuracy 6 of 1000.
+#   Asserted about 2x those. These are not rounding bounds: they are how far two correct float32
+#   runs end up after 125 chaotic steps, so only gross errors fail them (an Adam-convention swap in
+#   one implementation moves the MLP's epoch loss by 7.9e-4: inside the spread, caught by the step
+#   tests instead).
+SEPARATED = 1e-5
+TOGETHER = {"loss": 1e-6, "accuracy": 1e-6, "val_loss": 1e-6, "val_accuracy": 1e-6,
+            "test_loss": 1e-6, "test_accuracy": 1e-6}
+APART = {
+    "mlp": {"loss": 2.5e-3, "accuracy": 20 / 4000, "val_loss": 2e-2, "val_accuracy": 12 / 1000,
+            "test_loss": 2e-2, "test_accuracy": 12 / 1000},
+    "cnn": {"loss": 1e-2, "accuracy": 24 / 4000, "val_loss": 8e-2, "val_accuracy": 25 / 1000,
+            "test_loss": 8e-2, "test_accuracy": 15 / 1000},
 }
 
 
@@ -301,5 +307,5 @@ def test_one_epoch_history_rows(model_name, epoch_run, a, b):
     regime = "apart" if apart > SEPARATED else "together"
     # The parameter difference itself is reported, deliberately not asserted (module docstring).
     record(f"{model_name} params after the 125-step epoch {a} vs {b} (not asserted; regime {regime!r})", apart)
-    for key, tol in EPOCH_TOL[regime].items():
+    for key, tol in (APART[model_name] if regime == "apart" else TOGETHER).items():
         check(f"{model_name} one epoch ({regime}): {key} {a} vs {b}", abs(got_a[key] - got_b[key]), tol)
