@@ -55,6 +55,13 @@ IMPL = "flax"
 # 128, K = 10: loop 45.4 ms/step, scan 867 ms/step (first call 1.6 s vs 10 s): still the loop.
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
+# An XLA option for each function compiled here (passed to `jax.jit`, so it is local to these functions,
+# not a process-wide flag): let XLA:CPU's code generator use 512-bit vectors (this CPU has AVX-512;
+# the default prefers 256). Measured in one process, A B A B, 9 rounds: MLP epoch 0.286 -> 0.251 s
+# (-12%); CNN batch 128 step 44.9 -> 41.3 ms (-8%); gradients bit-identical on a real batch (the
+# same operations, only wider registers). Other backends ignore xla_cpu_* options.
+COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+
 # Steps per iteration of the scan's loop: unrolling by 2 cut the MLP epoch by 7-9% (0.31 -> 0.285 s,
 # measured A B A B in one process); 4 and 8 gained nothing. Same steps, same order, same numbers.
 SCAN_UNROLL = 2
@@ -85,11 +92,11 @@ def _train_step(state, images, labels):
     return state.apply_gradients(grads=grads), loss, _correct(logits, labels)
 
 
-train_step = jax.jit(_train_step)
+train_step = jax.jit(_train_step, compiler_options=COMPILER_OPTIONS)
 train_step.__doc__ = "train_step(state, images, labels) -> (state, loss, correct), jitted."
 
 
-@jax.jit
+@functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
 def eval_step(state, images, labels):
     """(mean loss, number correct) on one batch, no update."""
     loss, logits = _loss_and_logits(state.params, state.apply_fn, images, labels)
@@ -98,7 +105,7 @@ def eval_step(state, images, labels):
 
 # --------------------------------------------------------------------------- fast path
 
-@functools.partial(jax.jit, donate_argnums=0)
+@functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
 def _scan_steps(state, x, y, batches):
     """K steps as one `lax.scan`; batch k is (x[batches[k]], y[batches[k]]), gathered on device."""
     def body(state, idx):
@@ -109,7 +116,7 @@ def _scan_steps(state, x, y, batches):
     return state, losses, corrects
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
 def _indexed_step(state, x, y, idx):
     """One step on batch (x[idx], y[idx]), gathered on device."""
     return _train_step(state, x[idx], y[idx])
@@ -147,7 +154,7 @@ def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True):
 _APPLY = {name: get_model(name).apply for name in ("mlp", "cnn")}
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
 def _eval_sums(apply_fn, params, images, labels, mask):
     """(sum of losses, number correct) over the examples where `mask` is true."""
     logits = apply_fn({"params": params}, images)

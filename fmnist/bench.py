@@ -117,8 +117,10 @@ def _bound_timer(config: TrainConfig, splits: Splits, steps: int) -> Callable[[]
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     # unroll=2: the same loop structure as the implementations' scans (SCAN_UNROLL in
-    # handrolled.train and flax_impl.train), so the bound gets every advantage they get.
-    run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=2))
+    # handrolled.train and flax_impl.train), so the bound gets every advantage they get,
+    # and the same XLA option (COMPILER_OPTIONS there: 512-bit vector code on CPU).
+    run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=2),
+                  compiler_options={"xla_cpu_prefer_vector_width": 512})
     carry = [(params, zeros, zeros)]
 
     def timed() -> float:
