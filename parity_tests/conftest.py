@@ -65,14 +65,3 @@ def weights(model_name):
 def reference_loss_and_grads(weights, batch):
     """(loss, grads) of the mean cross-entropy on `batch`, by float64 backprop in NumPy."""
     return ref.loss_and_grads(weights, *batch)
-
-
-@pytest.fixture(scope="session")
-def reference_logits(weights, batch):
-    return ref.forward(weights, batch[0])[0]
-
-
-@pytest.fixture(scope="session")
-def K():
-    """The Keras side (keras, tf, keras_baseline.models/.train), imported once; skips without TF."""
-    return parity.keras_modules()

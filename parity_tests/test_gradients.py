@@ -12,7 +12,6 @@ permuted flatten shows up as a wrong gradient for that layer.
 from __future__ import annotations
 
 import jax
-import numpy as np
 import pytest
 
 from parity import COMPARISONS, check, keras_modules, max_abs, max_abs_diff
