@@ -150,20 +150,23 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
 
 # ----------------------------------------------------------------------------- the post's API
 
+# `loss_fn` is a static argument: compiled once per loss function and batch shape, and reused by
+# every later `evaluate` call (validation runs it every epoch).
+@functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
+def _batch_metrics(loss_fn, model, X, y):
+    out = model(X)
+    return loss_fn(y, out) * y.shape[0], jnp.sum(jnp.argmax(out, axis=-1) == y)
+
+
 def evaluate(model, datasource, loss_fn: Callable) -> dict:
     """{"loss", "accuracy"} of `model` over every batch of `datasource`, weighted by batch size.
 
     `loss_fn(y, model(X))` must be a batch mean, as in the post (`sparse_cross_entropy`).
     Use it on the test set once training is done.
     """
-    @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
-    def batch_metrics(model, X, y):
-        out = model(X)
-        return loss_fn(y, out) * y.shape[0], jnp.sum(jnp.argmax(out, axis=-1) == y)
-
     loss_sum, correct, count = 0.0, 0, 0
     for X, y in datasource:
-        batch_loss, batch_correct = batch_metrics(model, X, y)
+        batch_loss, batch_correct = _batch_metrics(loss_fn, model, X, y)
         loss_sum, correct, count = loss_sum + float(batch_loss), correct + int(batch_correct), count + len(y)
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
