@@ -23,7 +23,7 @@ first-max pool; `nn.max_pool`'s gradient is a select-and-scatter, ~15x slower he
 relu and the pool). Whole-CNN value_and_grad at batch 128, one process, interleaved: idiomatic
 nn.Conv + nn.max_pool 64.0 ms, this module 27.8 ms. Numbers in their docstrings.
 
-Pitfalls avoided (see shared/notes/parity-semantics.md section 3):
+Pitfalls avoided (see docs/parity-semantics.md section 3):
   * `nn.Conv(32, 3)` builds a 1-D conv (kernel (3, 1, 32)); the kernel size must be `(3, 3)`.
   * `nn.max_pool(x, (2, 2))` defaults to stride 1; Keras's `MaxPooling2D(2)` uses stride 2.
   * `nn.Conv` pads 'SAME' by default, Keras `Conv2D` 'valid'; both are spelled out here.

@@ -1,6 +1,6 @@
 """Optax optimizers for a `TrainConfig`, including an Adam that reproduces Keras's op for op.
 
-Two Adams, same hyper-parameter names, different algorithms (shared/notes/parity-semantics.md §1):
+Two Adams, same hyper-parameter names, different algorithms (docs/parity-semantics.md §1):
 
   "paper" (Kingma & Ba Algorithm 1; `optax.adam`, PyTorch):
       m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  m_hat = m/(1-b1^t);  v_hat = v/(1-b2^t)

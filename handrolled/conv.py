@@ -113,7 +113,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     total = max((ceil(size / stride) - 1) * stride + kernel - size, 0); before = total // 2 and
     after = total - before, so an odd extra row/column goes at the bottom/right. This is what
     Keras 'same', Flax 'SAME' and `lax.padtype_to_pads` do (measured identical in
-    parity-semantics.md section 3).
+    docs/parity-semantics.md section 3).
     """
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)

@@ -145,7 +145,7 @@ class Adam(_Optimizer):
 
     The two are equal only if eps_paper = eps_keras / sqrt(1 - b2^t), which changes with t, so no
     constant converts one into the other: with eps = 1e-7 one step differs by up to 0.7 * lr for
-    weights whose gradients are ~1e-6 (parity-semantics.md section 1). Use "keras" to reproduce
+    weights whose gradients are ~1e-6 (docs/parity-semantics.md section 1). Use "keras" to reproduce
     Keras, "paper" to reproduce optax. Measured against `keras.optimizers.Adam` (TF backend, same
     100 random gradients on a small CNN): "keras" is 0.0 away after 1 step and 3.0e-8 after 100;
     "paper" is 8.6e-3 away after 100. b1 and b2 stay Python floats: as float32 arrays,

@@ -6,7 +6,7 @@ Keras's `SGD`/`Adam` (`apply_gradients` on Keras variables). Two more Keras-conv
 own `adam` made to reproduce Keras with the epsilon schedule eps(t) = eps_hat / sqrt(1 - b2^t)
 through `optax.inject_hyperparams` (with `static_args=("b1", "b2")`), and the float64 formula.
 
-Adam conventions (shared/notes/parity-semantics.md section 1):
+Adam conventions (docs/parity-semantics.md section 1):
   paper (optax.adam):  theta -= lr * m_hat / (sqrt(v_hat) + eps)
   keras (epsilon hat): theta -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 They differ most where |g| is tiny: the gradient sequences have three regimes, |g| ~ 1e-2,

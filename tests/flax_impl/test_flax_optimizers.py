@@ -128,7 +128,7 @@ def test_optax_adam_with_epsilon_schedule_is_keras_adam(reference):
         eps=lambda count: EPS / jnp.sqrt(1 - B2 ** (count + 1).astype(jnp.float32)))  # count from 0
     got = run_optax(tx, params, grads)
     # Same formula, other op order: float32 rounding of the same size as keras_adam's (measured
-    # 3.3e-7 after 100 steps here, 2.5e-7 against Keras in shared/notes/parity-semantics.md).
+    # 3.3e-7 after 100 steps here, 2.5e-7 against Keras in docs/parity-semantics.md).
     assert max_diff(got[-1], ref[-1]) < 1e-6
 
 

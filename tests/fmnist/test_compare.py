@@ -38,7 +38,7 @@ def test_the_three_agree_over_two_short_epochs(report):
     for pair, diff in report["differences"].items():
         # 2 x 63 steps from the same weights and batches: the epoch-mean losses agree to
         # float32 accumulation (measured <= 6e-7 on the full set for 2 epochs, see
-        # parity-semantics.md section 5); 1e-5 leaves room for 1-ulp step differences to grow.
+        # docs/parity-semantics.md section 5); 1e-5 leaves room for 1-ulp step differences to grow.
         assert diff["loss"] < 1e-5, pair
         assert diff["val_loss"] < 1e-5, pair
     # The JAX pair runs the same XLA computations: measured identical.

@@ -38,7 +38,7 @@ def test_sparse_logits_loss_matches_optax_and_float64(batch):
     ref = optax.softmax_cross_entropy_with_integer_labels(z, y)
     # Same formula as optax (measured bitwise equal); 1e-6 leaves room for a different fusion.
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
-    # Against float64: measured 8.9e-7 per example (losses up to ~15), as parity-semantics.md §2.
+    # Against float64: measured 8.9e-7 per example (losses up to ~15), as docs/parity-semantics.md §2.
     np.testing.assert_allclose(np.asarray(ours), np_xent64(z, y), rtol=0, atol=5e-6)
     np.testing.assert_allclose(float(L.sparse_cross_entropy_with_logits(y, z)), np_xent64(z, y).mean(),
                                rtol=1e-6)

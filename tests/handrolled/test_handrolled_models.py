@@ -91,7 +91,7 @@ def test_forward_matches_float64_numpy(name, images):
         for pool_impl in ("auto", "reduce_window"):
             got = models.from_weights(name, weights, conv_impl, pool_impl)(jnp.asarray(images))
             # Returns logits (no softmax). float32 error against float64: measured max 1.7e-6 (cnn,
-            # logits up to 3.1) and 5.3e-7 (mlp, up to 1.8); parity-semantics.md §5 suggests 1e-5.
+            # logits up to 3.1) and 5.3e-7 (mlp, up to 1.8); docs/parity-semantics.md §5 suggests 1e-5.
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 

@@ -22,7 +22,7 @@ def small_model():
 
 
 def grad_sequence(model, steps=STEPS, seed=1):
-    """`steps` gradient pytrees shaped like `model`, of three kinds, as in parity-semantics.md §1:
+    """`steps` gradient pytrees shaped like `model`, of three kinds, as in docs/parity-semantics.md §1:
     |g| ~ 1e-2, |g| ~ 1e-6 (where the epsilon conventions differ most), and 1e-3 with 30% zeros."""
     rng = np.random.default_rng(seed)
     leaves, treedef = jax.tree.flatten(model)
@@ -116,7 +116,7 @@ def test_adam_keras_matches_float64_keras_formula(model, grads):
     lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
     ref = np_adam_keras(model, grads, lr, b1, b2, eps)
     ours, _ = run_ours(Adam(lr=lr, v_decay=b1, s_decay=b2, eps=eps, eps_convention="keras"), model, grads)
-    # Only float32 rounding: measured 1.7e-8 after 1 step and 2.7e-7 after 100 (parity-semantics.md
+    # Only float32 rounding: measured 1.7e-8 after 1 step and 2.7e-7 after 100 (docs/parity-semantics.md
     # §1 measured Keras itself 2.0e-8 / 2.5e-7 away from this float64 formula).
     assert max_diff(jax.tree.leaves(ours), ref) < 1e-6
     one, _ = run_ours(Adam(lr=lr, eps_convention="keras"), model, grads[:1])
@@ -129,7 +129,7 @@ def test_adam_keras_matches_float64_keras_formula(model, grads):
 
 @pytest.mark.parametrize("convention", ["paper", "keras"])
 def test_adam_uses_python_float_decays(model, grads, convention):
-    # parity-semantics.md pitfall 2: with b2 as a float32 array, 1 - b2 = 9.9998713e-4 instead of
+    # docs/parity-semantics.md pitfall 2: with b2 as a float32 array, 1 - b2 = 9.9998713e-4 instead of
     # float32(0.001), a 1.3e-5 relative change too small for the 100-step tests above to see, but
     # it measurably changes a whole epoch. After one step from m = v = 0 the moments are exactly
     # float32(1 - b1) * g and float32(1 - b2) * float32(g * g), one rounding each.
