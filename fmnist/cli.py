@@ -110,16 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from fmnist import runner
-    from fmnist.callbacks import EarlyStopping, ProgressBar
+    from fmnist.callbacks import ProgressBar
     from fmnist.data import load_splits
     from fmnist.history import save_run
 
     config = config_from(args)
     out = args.out or Path("runs") / f"{args.impl}-{config.model}"
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
-    callbacks = [ProgressBar()]
-    if config.early_stopping_patience:
-        callbacks.append(EarlyStopping("val_loss", config.early_stopping_patience))
+    callbacks = [ProgressBar()]  # --early-stopping travels in the config; each implementation honours it
     print(f"Training {args.impl} {config.model} on {len(splits.x_train)} examples "
           f"({len(splits.x_val)} held out for validation), batch {config.batch_size}, "
           f"{config.optimizer} lr={config.lr}", flush=True)

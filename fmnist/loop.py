@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from fmnist.callbacks import Callback, CallbackList
+from fmnist.callbacks import Callback, CallbackList, EarlyStopping
 from fmnist.config import TrainConfig
 from fmnist.data import Dataloader, Dataset, Splits
 from fmnist.metrics import RunningMean
@@ -105,6 +105,10 @@ def fit(config: TrainConfig, splits: Splits, state, run_steps: RunSteps, evaluat
     validate = None
     if len(splits.x_val):
         validate = lambda state: evaluate(state, splits.x_val, splits.y_val)  # noqa: E731
+    if config.early_stopping_patience:  # Keras's run honours it with keras.callbacks.EarlyStopping
+        given = callbacks.callbacks if isinstance(callbacks, CallbackList) else list(callbacks)
+        monitor = "val_loss" if validate else "loss"
+        callbacks = CallbackList([*given, EarlyStopping(monitor, config.early_stopping_patience)])
     return run_epochs(
         state, config.epochs,
         groups_of_epoch=lambda e: step_groups(loader.batch_indices(e), config.steps_per_call),

@@ -189,7 +189,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
 
     `callbacks` are project callbacks (`fmnist.callbacks`); see `FmnistCallbacks` and
     `keras_verbosity`. `config.early_stopping_patience` adds `keras.callbacks.EarlyStopping` on
-    val_loss. A project `EarlyStopping` passed in as well is still forwarded; it applies the same
+    val_loss (loss when there is no validation set). A project `EarlyStopping` passed in as well is still forwarded; it applies the same
     rule (stop after `patience` epochs without a strictly lower val_loss), so both stop together.
     """
     keras.utils.set_random_seed(config.seed)  # Python, NumPy, TF and Keras seeds (nothing random is used)
@@ -200,10 +200,10 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     timer = EpochTimer()
     keras_callbacks = [EpochSetter(batches), timer,
                        FmnistCallbacks(forwarded, config, len(batches), timer)]
-    if config.early_stopping_patience is not None:
-        keras_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
-                                                             patience=config.early_stopping_patience))
     validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
+    if config.early_stopping_patience:  # the same rule as fmnist.loop.fit for the JAX implementations
+        keras_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss" if validation else "loss", patience=config.early_stopping_patience))
 
     # Keras prints to sys.stdout; send it where the caller's progress bar would have written.
     with contextlib.redirect_stdout(stream) if stream is not None else contextlib.nullcontext():

@@ -108,3 +108,11 @@ def test_fit_stops_when_a_callback_asks():
 def test_config_rejects_impossible_values(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_fit_honours_early_stopping_from_the_config():
+    config = TrainConfig(epochs=10, batch_size=5, early_stopping_patience=2)
+    val_losses = iter([1.0, 0.9, 0.95, 0.97, 0.5, 0.4])  # no improvement in epochs 3 and 4
+    _, rows = loop.fit(config, toy_splits(), 0, lambda s, b: (s, np.zeros(len(b)), np.zeros(len(b))),
+                       lambda s, x, y: (next(val_losses), 0.5))
+    assert len(rows) == 4
