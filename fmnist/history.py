@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -45,8 +46,7 @@ class RunResult:
     @property
     def seconds_per_epoch(self) -> float:
         """Median wall time of an epoch (the first includes compilation, so the median is fairer)."""
-        times = sorted(row["seconds"] for row in self.epochs)
-        return times[len(times) // 2]
+        return statistics.median(row["seconds"] for row in self.epochs)
 
 
 def versions(impl: str) -> dict:
