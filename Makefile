@@ -2,7 +2,8 @@
 #   make compare -> venv, pinned install, dataset, then the MLP trained three ways, side by side
 #   make test    -> the same set-up, then the whole test suite
 # Also: make train (the hand-rolled MLP alone), make parity (the parity suite alone), make bench.
-PYTHON ?= python3
+# Python 3.11 (JAX 0.11 dropped it, the pinned JAX 0.10 needs it): python3.11 if present, else python3.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -10,6 +11,9 @@ STAMP  := $(VENV)/.installed
 .PHONY: install data train compare bench test parity clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "The pinned versions need Python 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
+	    "Install python3.11 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv) or run make PYTHON=/path/to/python3.11." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[keras,test]'

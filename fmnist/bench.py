@@ -142,7 +142,7 @@ def bench(models=("mlp", "cnn"), impls=IMPLS, repeats: int = 5, steps: dict | No
     for model in models:
         batch_size = DEFAULT_SETUPS[model][0]
         config = TrainConfig(model=model, batch_size=batch_size)
-        n = steps[model]
+        n = min(steps[model], len(splits.x_train) // batch_size)  # full batches only, at most one epoch
         steps_per_epoch = -(-len(splits.x_train) // batch_size)
         timers = {}
         for impl in impls:

@@ -7,6 +7,7 @@ Bad input ends with a one-line reason and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -27,9 +28,18 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def output_dir(path: Path) -> Path:
+    """`path`, created now, so an unusable --out fails before training rather than after."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot use {path} as the output directory: {e.strerror}") from None
+    return path
 
 
 def add_train_flags(p: argparse.ArgumentParser, epochs: int = DEFAULTS.epochs) -> None:
@@ -115,7 +125,8 @@ def cmd_train(args) -> int:
     from fmnist.history import save_run
 
     config = config_from(args)
-    out = args.out or Path("runs") / f"{args.impl}-{config.model}"
+    out = output_dir(args.out or Path("runs") / f"{args.impl}-{config.model}")
+    runner.preflight([args.impl], config)
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
     callbacks = [ProgressBar()]  # --early-stopping travels in the config; each implementation honours it
     print(f"Training {args.impl} {config.model} on {len(splits.x_train)} examples "
@@ -133,10 +144,14 @@ def cmd_compare(args) -> int:
     from fmnist.compare import compare, markdown_table
     from fmnist.data import load_splits
 
+    from fmnist import runner
+
     config = config_from(args)
-    out = args.out or Path("runs") / f"compare-{config.model}"
+    impls = list(dict.fromkeys(args.impls))  # each once, in the order given
+    out = output_dir(args.out or Path("runs") / f"compare-{config.model}")
+    runner.preflight(impls, config)
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
-    report = compare(config, splits, out, args.impls, stream=sys.stdout)
+    report = compare(config, splits, out, impls, stream=sys.stdout)
     print()
     print(markdown_table(report))
     print(f"\nWrote {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")

@@ -30,6 +30,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def run_all(config: TrainConfig, splits: Splits, impls=IMPLEMENTATIONS, callbacks_for=None,
             stream=None) -> dict[str, RunResult]:
     """Train each implementation in turn from the same canonical weights."""
+    runner.preflight(impls, config)  # fail now, not after the first implementations have trained
     initial = init_weights(config.model, config.init, config.seed)
     results = {}
     for impl in impls:
@@ -97,11 +98,13 @@ def write_markdown(report: dict, path: Path) -> Path:
             f"{c['epochs']} epochs, batch {c['batch_size']}, {c['optimizer']} lr={c['lr']}"
             + (f" ({c['adam_convention']} epsilon convention, eps={c['adam_eps']})" if c["optimizer"] == "adam" else "")
             + f", init {c['init']} seed {c['seed']}, same starting weights and batch order for all.", "",
-            markdown_table(report), "", "Largest pairwise differences over all epochs:", "",
-            "| pair | " + " | ".join(next(iter(report["differences"].values()))) + " |",
-            "|" + "---|" * (len(next(iter(report["differences"].values()))) + 1)]
-    for pair, diff in report["differences"].items():
-        text.append(f"| {pair} | " + " | ".join(f"{v:.1e}" for v in diff.values()) + " |")
+            markdown_table(report)]
+    if report["differences"]:  # none when a single implementation was run
+        keys = list(next(iter(report["differences"].values())))
+        text += ["", "Largest pairwise differences over all epochs:", "",
+                 "| pair | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for pair, diff in report["differences"].items():
+            text.append(f"| {pair} | " + " | ".join(f"{v:.1e}" for v in diff.values()) + " |")
     path.write_text("\n".join(text) + "\n")
     return path
 

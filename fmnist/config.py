@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from fmnist import initializers, weights
 
@@ -46,12 +47,15 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be positive and finite, got {self.lr}"),
+            (0 <= self.seed < 2**32 and 0 <= self.split_seed < 2**32,
+             f"seeds must be in [0, 2**32), got {self.seed} and {self.split_seed}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.adam_convention in ADAM_CONVENTIONS,
              f"adam convention must be one of {ADAM_CONVENTIONS}, got {self.adam_convention!r}"),
-            (self.adam_eps >= 0, f"adam eps must be non-negative, got {self.adam_eps}"),
+            (self.adam_eps >= 0 and math.isfinite(self.adam_eps),
+             f"adam eps must be non-negative and finite, got {self.adam_eps}"),
             (0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1 and b2 must be in [0, 1)"),
             (self.val_size >= 0, f"validation size must be non-negative, got {self.val_size}"),
             (self.train_limit is None or self.train_limit >= 1, "train limit must be at least 1"),

@@ -111,6 +111,9 @@ def read_idx(file: Path, spec: IdxFile, verify: bool = True) -> np.ndarray:
     try:
         with gzip.open(file, "rb") as f:
             raw = f.read()
+    except PermissionError:
+        raise DataError(f"{file} exists but cannot be read by this user (permission denied): "
+                        "fix its permissions or copy the files elsewhere and set FASHION_MNIST_DIR.") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{file} is not a readable gzip file ({e}); it is truncated or corrupt. "
                         + fix) from None

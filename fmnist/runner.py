@@ -25,7 +25,20 @@ def get_trainer(impl: str):
     """The `train_and_evaluate` function of implementation `impl`."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-    return importlib.import_module(TRAIN_MODULES[impl]).train_and_evaluate
+    try:
+        return importlib.import_module(TRAIN_MODULES[impl]).train_and_evaluate
+    except ImportError as e:
+        raise ValueError(f"--impl {impl} needs {e.name or 'a package'} ({e}); install the project with "
+                         "`pip install -c constraints.txt -e '.[keras,test]'` (what `make` does)") from None
+
+
+def preflight(impls, config: TrainConfig) -> None:
+    """Raise ValueError now if any of `impls` cannot run `config` (missing package, unsupported option)."""
+    for impl in impls:
+        get_trainer(impl)
+        if impl == "keras":  # Keras's Adam has only the epsilon-hat convention; it says so itself
+            from keras_baseline.train import make_optimizer
+            make_optimizer(config)
 
 
 def splits_for(config: TrainConfig) -> Splits:
@@ -36,6 +49,7 @@ def splits_for(config: TrainConfig) -> Splits:
 def run(impl: str, config: TrainConfig, splits: Splits | None = None,
         initial_weights: Weights | None = None, callbacks=None) -> RunResult:
     """Train `impl` with `config` from the canonical weights of (`config.init`, `config.seed`)."""
+    preflight([impl], config)
     trainer = get_trainer(impl)
     if splits is None:
         splits = splits_for(config)

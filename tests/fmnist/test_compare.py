@@ -54,7 +54,7 @@ def test_train_command_writes_the_run(impl, tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["impl"] == impl and len(history["epochs"]) == 1
     assert set(history["epochs"][0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
-    assert 0 <= history["test_accuracy"] <= 1
+    assert history["test_accuracy"] > 0.5  # 1000 images, 1 epoch: measured 0.6386 for all three; chance 0.1
     assert (tmp_path / "weights.npz").exists() and (tmp_path / "curves.png").exists()
     assert ("keras" in history["versions"]) == (impl == "keras")
     assert "Test accuracy" in result.stdout

@@ -104,7 +104,8 @@ def test_fit_stops_when_a_callback_asks():
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1), dict(optimizer="rmsprop"),
                                  dict(adam_convention="torch"), dict(model="resnet"), dict(init="zeros"),
-                                 dict(momentum=1.5)])
+                                 dict(momentum=1.5), dict(seed=-1), dict(seed=2**32), dict(lr=float("inf")),
+                                 dict(adam_eps=float("nan"))])
 def test_config_rejects_impossible_values(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
