@@ -13,7 +13,7 @@ like `Dense_0` would also work here, but `jax.tree.map` sorts keys, so `Dense_10
 Initialisers. `model.init` would draw kernels from Flax's default `lecun_normal` (truncated normal,
 std sqrt(1/fan_in)); Keras's `Dense`/`Conv2D` default to `glorot_uniform` (U(+-sqrt(6/(fan_in +
 fan_out)))); the blog post used He-normal (N(0, 2/fan_in)). For the first conv the stds differ by 4x
-(Flax 0.349 vs Keras 0.081). The project never relies on any of them: every implementation starts
+(Flax sqrt(1/9) = 0.33 vs Keras 0.081). The project never relies on any of them: every implementation starts
 from the same canonical weights (`fmnist.weights.init_weights`), loaded with `weights_to_params`.
 
 Two deliberate deviations from Flax's examples, both for speed on XLA's CPU backend and both with

@@ -4,11 +4,13 @@ Modules (each small and self-contained):
 
 * `handrolled.functional`: relu, softmax, log_softmax, logsumexp, rescale_image, flatten, one_hot
 * `handrolled.losses`: cross-entropy on probabilities and on logits, num_correct, accuracy
-* `handrolled.conv`: NHWC/HWIO convolution (lax and im2col) and max pooling (reshape and reduce_window)
+* `handrolled.conv`: NHWC/HWIO convolution (lax, im2col, shift) and max pooling (first_max, reshape,
+  reduce_window); "auto" picks shift for one input channel and first_max for window == stride
 * `handrolled.layers`: pytree layers Linear, Conv2D, MaxPool2D, Flatten, Function, Sequential
 * `handrolled.models`: the mlp and cnn architectures, and canonical-weights conversion
 * `handrolled.optimizers`: SGD and Adam, pure (init/update, jittable) and stateful (step)
-* `handrolled.benchmark`: the timing behind the Conv2D/MaxPool2D implementation choices
+* `handrolled.benchmark`: times the lax/im2col convolutions and reshape/reduce_window pools (the
+  shift and first_max figures are in `handrolled.conv`'s docstring)
 
 The training loop (`handrolled.train`) lives in its own module and is not imported here.
 """

@@ -192,7 +192,9 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     val_loss (loss when there is no validation set). A project `EarlyStopping` passed in as well is still forwarded; it applies the same
     rule (stop after `patience` epochs without a strictly lower val_loss), so both stop together.
     """
-    keras.utils.set_random_seed(config.seed)  # Python, NumPy, TF and Keras seeds (nothing random is used)
+    # Seeds Python's `random`, NumPy's global state, TF and Keras: a side effect on the caller's global
+    # RNGs, harmless here (the project draws from explicit `np.random.default_rng`s), but note it.
+    keras.utils.set_random_seed(config.seed)
     model = compiled_model(config, initial_weights)
     verbose, stream, forwarded = keras_verbosity(callbacks)
 

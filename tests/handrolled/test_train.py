@@ -100,7 +100,7 @@ def test_scan_and_python_loop_give_the_same_numbers(small_splits):
     np.testing.assert_array_equal(l1, l2)
     np.testing.assert_array_equal(c1, c2)
     for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_train_and_evaluate_learns_and_fills_the_history(small_splits):
