@@ -47,7 +47,7 @@ def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Ca
         optimizer = t.make_optimizer(config)
         state = [(model, optimizer.init(model))]
         run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train,
-                                     scan=config.model in t.SCAN_MODELS)
+                                     scan=t.SCAN_BY_MODEL[config.model])
     else:
         from flax_impl import train as t
         from flax_impl.models import get_model, weights_to_params

@@ -7,7 +7,7 @@ Two entry points share one idea, a training step compiled as a single `jax.jit` 
   the post's signature: any model, loss on the model's output, batches from a `Dataloader`.
   What changed from the post: one jitted step per batch; running loss and accuracy weighted by
   batch size (the post divided by the wrong count); validation results in their own history keys
-  (the post appended them to the training lists); callbacks; `evaluate()` for the test set.
+  (the post appended them to the training lists); callbacks; `evaluate_loader()` for the test set.
 * `train_and_evaluate(config, splits, initial_weights, callbacks)`, the project's entry point used
   by `fmnist train --impl handrolled`: logits and `sparse_cross_entropy_with_logits`, the shared
   batch order, and the fast path: the training set lives on the device, and `steps_per_call`
@@ -37,7 +37,7 @@ from handrolled.optimizers import SGD, Adam
 # Models whose steps run in a Python loop of jitted steps instead of one lax.scan: XLA's CPU
 # backend runs convolutions inside a scan far slower (jax-ml/jax#12868); measured here, a CNN step at
 # batch 128 took 19x longer in a scan (867 vs 45 ms, see flax_impl.train.SCAN_BY_MODEL).
-SCAN_MODELS = ("mlp",)
+SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
 # An XLA option for every function compiled here, passed to `jax.jit` (local to these functions, not a
 # process-wide flag): XLA:CPU may generate 512-bit vector code (this CPU has AVX-512; the default
@@ -124,7 +124,7 @@ def _eval_batch(model, images, labels):
     return loss * labels.shape[0], correct
 
 
-def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):
     """(mean loss, accuracy) of `model` over every example, in jitted batches (the last may be partial)."""
     loss_sum, correct = 0.0, 0
     for i in range(0, len(images), batch_size):
@@ -140,26 +140,27 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     model = from_weights(config.model, initial_weights)
     optimizer = make_optimizer(config)
     run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train,
-                               scan=config.model in SCAN_MODELS)
-    evaluate = lambda state, x, y: evaluate_arrays(state[0], x, y, config.eval_batch_size)  # noqa: E731
+                               scan=SCAN_BY_MODEL[config.model])
+    evaluate_fn = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
     callbacks = CallbackList(callbacks)
-    (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate, callbacks)
-    test_loss, test_accuracy = evaluate_arrays(model, splits.x_test, splits.y_test, config.eval_batch_size)
+    (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn, callbacks)
+    test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
     loop.finish(callbacks, test_loss, test_accuracy)
-    return RunResult("handrolled", config, rows, test_loss, test_accuracy, to_weights(model))
+    return RunResult(impl="handrolled", config=config, epochs=rows, test_loss=test_loss,
+                     test_accuracy=test_accuracy, weights=to_weights(model))
 
 
 # ----------------------------------------------------------------------------- the post's API
 
 # `loss_fn` is a static argument: compiled once per loss function and batch shape, and reused by
-# every later `evaluate` call (validation runs it every epoch).
+# every later `evaluate_loader` call (validation runs it every epoch).
 @functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
 def _batch_metrics(loss_fn, model, X, y):
     out = model(X)
     return loss_fn(y, out) * y.shape[0], jnp.sum(jnp.argmax(out, axis=-1) == y)
 
 
-def evaluate(model, datasource, loss_fn: Callable) -> dict:
+def evaluate_loader(model, datasource, loss_fn: Callable) -> dict:
     """{"loss", "accuracy"} of `model` over every batch of `datasource`, weighted by batch size.
 
     `loss_fn(y, model(X))` must be a batch mean, as in the post (`sparse_cross_entropy`).
@@ -211,7 +212,7 @@ def train(num_epochs: int, train_datasource, valid_datasource, optimizer, loss_f
 
     validate = None
     if valid_datasource is not None:
-        validate = lambda state: tuple(evaluate(state[0], valid_datasource, loss_fn).values())  # noqa: E731
+        validate = lambda state: tuple(evaluate_loader(state[0], valid_datasource, loss_fn).values())  # noqa: E731
     (model, optimizer.state), rows = loop.run_epochs(
         (model, opt_state), num_epochs, groups_of_epoch=lambda epoch: iter(train_datasource),
         steps_per_epoch=len(train_datasource), run_steps=run_steps, count_of=lambda batch: len(batch[1]),

@@ -221,7 +221,8 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     if stream is not None:  # the line the project's ProgressBar prints at the end of training
         stream.write(f"test_loss: {logs['test_loss']:.4f} - test_accuracy: {logs['test_accuracy']:.4f}\n")
         stream.flush()
-    return RunResult("keras", config, epochs, logs["test_loss"], logs["test_accuracy"], get_weights(model))
+    return RunResult(impl="keras", config=config, epochs=epochs, test_loss=logs["test_loss"],
+                     test_accuracy=logs["test_accuracy"], weights=get_weights(model))
 
 
 # --------------------------------------------------------------------------- helpers for parity tests

@@ -116,7 +116,7 @@ def run_steps_in(impl, model_name, splits, weights, batches, groups, adam_state=
         opt_state = opt.init(model) if m is None else AdamState(
             t=jnp.int32(t), m=hmodels.from_weights(model_name, m), v=hmodels.from_weights(model_name, v))
         state = (model, opt_state)
-        run = htrain.make_run_steps(opt, x, y, scan=model_name in htrain.SCAN_MODELS)
+        run = htrain.make_run_steps(opt, x, y, scan=htrain.SCAN_BY_MODEL[model_name])
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))

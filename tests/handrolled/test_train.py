@@ -66,7 +66,7 @@ def test_post_execution_section_runs():
     assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
     # 3000 images, 2 epochs: well above the 0.1 of chance (measured 0.74-0.77).
     assert history["val_accuracy"][-1] > 0.65
-    test = ht.evaluate(history.model, valid_datasource, sparse_cross_entropy)
+    test = ht.evaluate_loader(history.model, valid_datasource, sparse_cross_entropy)
     assert test["accuracy"] == pytest.approx(history["val_accuracy"][-1])
 
 
@@ -116,10 +116,10 @@ def test_train_and_evaluate_learns_and_fills_the_history(small_splits):
     assert result.weights["dense_0"]["kernel"].shape == (784, 128)
 
 
-def test_evaluate_arrays_counts_the_partial_batch(small_splits):
+def test_evaluate_counts_the_partial_batch(small_splits):
     model = from_weights("mlp", init_weights("mlp"))
     x, y = small_splits.x_test[:250], small_splits.y_test[:250]
-    loss, acc = ht.evaluate_arrays(model, x, y, batch_size=100)  # 100, 100, 50
+    loss, acc = ht.evaluate(model, x, y, batch_size=100)  # 100, 100, 50
     logits = np.asarray(model(jnp.asarray(x)), np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     ref = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(250), y])
