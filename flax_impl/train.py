@@ -36,6 +36,7 @@ from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.loop import finish, fit
 from fmnist.weights import Weights, check_weights
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # 512-bit vector code; 2 steps per scan iteration
 
 from flax_impl.models import get_model, params_to_weights, weights_to_params
 from flax_impl.optimizers import make_optimizer
@@ -54,17 +55,6 @@ IMPL = "flax"
 # there; it adds one dispatch per step. Re-measured with the first-max pool and ShiftConv, CNN batch
 # 128, K = 10: loop 45.4 ms/step, scan 867 ms/step (first call 1.6 s vs 10 s): still the loop.
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
-
-# An XLA option for each function compiled here (passed to `jax.jit`, so it is local to these functions,
-# not a process-wide flag): let XLA:CPU's code generator use 512-bit vectors (this CPU has AVX-512;
-# the default prefers 256). Measured in one process, A B A B, 9 rounds: MLP epoch 0.286 -> 0.251 s
-# (-12%); CNN batch 128 step 44.9 -> 41.3 ms (-8%); gradients bit-identical on a real batch (the
-# same operations, only wider registers). Other backends ignore xla_cpu_* options.
-COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
-
-# Steps per iteration of the scan's loop: unrolling by 2 cut the MLP epoch by 7-9% (0.31 -> 0.285 s,
-# measured A B A B in one process); 4 and 8 gained nothing. Same steps, same order, same numbers.
-SCAN_UNROLL = 2
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:

@@ -28,6 +28,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -116,11 +117,10 @@ def _bound_timer(config: TrainConfig, splits: Splits, steps: int) -> Callable[[]
         return (p, m, v), z[0, 0]
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    # unroll=2: the same loop structure as the implementations' scans (SCAN_UNROLL in
-    # handrolled.train and flax_impl.train), so the bound gets every advantage they get,
-    # and the same XLA option (COMPILER_OPTIONS there: 512-bit vector code on CPU).
-    run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=2),
-                  compiler_options={"xla_cpu_prefer_vector_width": 512})
+    # The same loop structure and compiler options as the implementations' scans (fmnist.xla), so
+    # the bound gets every advantage they get.
+    run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=SCAN_UNROLL),
+                  compiler_options=COMPILER_OPTIONS)
     carry = [(params, zeros, zeros)]
 
     def timed() -> float:

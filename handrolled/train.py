@@ -30,6 +30,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.weights import Weights
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # 512-bit vector code; 2 steps per scan iteration
 from handrolled.losses import num_correct, sparse_cross_entropy_with_logits
 from handrolled.models import from_weights, to_weights
 from handrolled.optimizers import SGD, Adam
@@ -38,19 +39,6 @@ from handrolled.optimizers import SGD, Adam
 # backend runs convolutions inside a scan far slower (jax-ml/jax#12868); measured here, a CNN step at
 # batch 128 took 19x longer in a scan (867 vs 45 ms, see flax_impl.train.SCAN_BY_MODEL).
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
-
-# An XLA option for every function compiled here, passed to `jax.jit` (local to these functions, not a
-# process-wide flag): XLA:CPU may generate 512-bit vector code (this CPU has AVX-512; the default
-# prefers 256-bit). Measured in one process, A B A B, 9 rounds: MLP epoch 0.286 -> 0.251 s (-12%), CNN
-# batch 128 step 44.9 -> 41.3 ms (-8%), gradients bit-identical on a real batch (same operations,
-# wider registers). Other backends ignore xla_cpu_* options.
-COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
-
-# Steps per iteration of the scan's loop. Unrolling by 2 halves the loop's per-iteration overhead;
-# measured on the 2-core box, MLP batch 32, 600 steps, one process, A B A B: 0.309/0.315 s/epoch
-# (unroll 1) vs 0.289/0.284 (unroll 2); 4 and 8 were no better than 1 (0.30, 0.31). The steps
-# and their order are unchanged, so the numbers are too (tested against the Python loop).
-SCAN_UNROLL = 2
 
 
 def make_optimizer(config: TrainConfig):
