@@ -89,7 +89,10 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(floor / 3, 1.0)
     ax.grid(alpha=0.3, which="major")
-    ax.legend(fontsize=7, ncol=1)
+    if len(impls) > 1:
+        ax.legend(fontsize=7, ncol=1)
+    else:
+        ax.text(0.5, 0.5, "one implementation:\nnothing to compare", transform=ax.transAxes, ha="center")
     c = report["config"]
     fig.suptitle(f"{c['model']}, {c['optimizer']} lr={c['lr']}, batch {c['batch_size']}: "
                  "same starting weights, same batch order")
