@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mlp-steps", type=positive_int, default=None, help="MLP steps per measurement (600)")
     bench.add_argument("--cnn-steps", type=positive_int, default=None, help="CNN steps per measurement (40)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
 
     data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
     data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
@@ -159,10 +160,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from fmnist import runner
     from fmnist.bench import main_bench
+    from fmnist.data import load_splits
 
+    runner.preflight(args.impls, TrainConfig())
     steps = {m: n for m, n in (("mlp", args.mlp_steps), ("cnn", args.cnn_steps)) if n}
-    return main_bench(args.models, args.impls, args.repeats, steps, args.json)
+    return main_bench(args.models, args.impls, args.repeats, steps, args.json,
+                      splits=load_splits(path=args.data_dir))
 
 
 def cmd_data(args) -> int:

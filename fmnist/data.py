@@ -187,7 +187,11 @@ class Splits:
 
 def load_splits(val_size: int = 5000, split_seed: int = 0, train_limit: int | None = None,
                 test_limit: int | None = None, path=None) -> Splits:
-    """Load, split, and preprocess once. `train_limit`/`test_limit` take the first examples (for tests)."""
+    """Load, split, and preprocess once.
+
+    `train_limit` keeps the first examples of the training split; `test_limit` the first of both the
+    validation and the test sets (small, fast evaluations for tests).
+    """
     (x_train, y_train), (x_test, y_test) = load_data(path)
     (x_train, y_train), (x_val, y_val) = train_validation_split(x_train, y_train, val_size, split_seed)
     if train_limit is not None:
