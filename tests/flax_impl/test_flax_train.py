@@ -136,3 +136,19 @@ def test_short_run_on_real_data_learns_and_returns_a_run_result(small_splits, mo
     assert result.test_accuracy > 0.7
     if epochs > 1:
         assert result.epochs[-1]["loss"] < result.epochs[0]["loss"]
+
+
+def test_gradient_in_parts_is_the_whole_batch_gradient(small_splits):
+    from flax_impl.train import _loss_and_grads
+    state = fresh_state("cnn")
+    x, y = jnp.asarray(small_splits.x_train[:128]), jnp.asarray(small_splits.y_train[:128])
+    f = jax.jit(_loss_and_grads, static_argnums=3)
+    (loss1, correct1), g1 = f(state, x, y, 1)
+    for parts in (2, 3):  # 3 parts of 42, 43, 43 examples: weighted by size, not averaged
+        (loss, correct), g = f(state, x, y, parts)
+        assert int(correct) == int(correct1)
+        # The same sums in another order: measured for the hand-rolled twin of this function, loss 1 ulp
+        # (2.4e-7 of 2.67), gradients 4.1e-7 of max|g|; a plain mean of unequal parts is 3e-3 off.
+        assert abs(float(loss) - float(loss1)) < 1e-6
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g1)):
+            assert float(jnp.max(jnp.abs(a - b))) <= 1.5e-6 * float(jnp.max(jnp.abs(b)))
