@@ -127,7 +127,6 @@ def cmd_train(args) -> int:
 
     config = config_from(args)
     out = output_dir(args.out or Path("runs") / f"{args.impl}-{config.model}")
-    runner.preflight([args.impl], config)
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
     callbacks = [ProgressBar()]  # --early-stopping travels in the config; each implementation honours it
     print(f"Training {args.impl} {config.model} on {len(splits.x_train)} examples "
@@ -145,12 +144,9 @@ def cmd_compare(args) -> int:
     from fmnist.compare import compare, markdown_table
     from fmnist.data import load_splits
 
-    from fmnist import runner
-
     config = config_from(args)
     impls = list(dict.fromkeys(args.impls))  # each once, in the order given
     out = output_dir(args.out or Path("runs") / f"compare-{config.model}")
-    runner.preflight(impls, config)
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
     report = compare(config, splits, out, impls, stream=sys.stdout)
     print()

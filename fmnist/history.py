@@ -75,8 +75,3 @@ def save_run(result: RunResult, out_dir: str | Path, plot: bool = True) -> dict[
         from fmnist.plots import plot_history
         paths["curves"] = plot_history(result.to_json(), out / "curves.png")
     return paths
-
-
-def load_history(path: str | Path) -> dict:
-    """Read a history.json written by `save_run`."""
-    return json.loads(Path(path).read_text())
