@@ -36,7 +36,7 @@ from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.loop import finish, fit
 from fmnist.weights import Weights, check_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # 512-bit vector code; 2 steps per scan iteration
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, train_compiler_options  # see fmnist/xla.py
 
 from flax_impl.models import get_model, params_to_weights, weights_to_params
 from flax_impl.optimizers import make_optimizer
@@ -59,6 +59,13 @@ SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 # How many slices each step's gradient is computed in (`_loss_and_grads`): 2 for the CNN, whose
 # batch-128 gradient then uses both cores; the MLP's small matrix products gain nothing from it.
 GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
+
+
+def fast_path(config: TrainConfig) -> dict:
+    """`make_run_steps` keywords for `config.model` at `config.batch_size`: the measured choices of
+    `SCAN_BY_MODEL`, `GRAD_PARTS_BY_MODEL` and `fmnist.xla.train_compiler_options`."""
+    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model],
+                compiler_options=train_compiler_options(config.model, config.batch_size))
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:
@@ -122,7 +129,6 @@ def eval_step(state, images, labels):
 
 # --------------------------------------------------------------------------- fast path
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="grad_parts", compiler_options=COMPILER_OPTIONS)
 def _scan_steps(state, x, y, batches, grad_parts=1):
     """K steps as one `lax.scan`; batch k is (x[batches[k]], y[batches[k]]), gathered on device."""
     def body(state, idx):
@@ -133,33 +139,36 @@ def _scan_steps(state, x, y, batches, grad_parts=1):
     return state, losses, corrects
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="grad_parts", compiler_options=COMPILER_OPTIONS)
 def _indexed_step(state, x, y, idx, grad_parts=1):
     """One step on batch (x[idx], y[idx]), gathered on device."""
     return _train_step(state, x[idx], y[idx], grad_parts)
 
 
-def _loop_steps(state, x, y, batches, grad_parts=1):
-    """K single jitted steps from Python; results stay on device until the caller reads them."""
-    losses, corrects = [], []
-    for idx in np.asarray(batches):  # NumPy rows: no device-side slicing op per step
-        state, loss, correct = _indexed_step(state, x, y, idx, grad_parts=grad_parts)
-        losses.append(loss)
-        corrects.append(correct)
-    return state, jnp.stack(losses), jnp.stack(corrects)
-
-
-def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True, grad_parts: int = 1):
+def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True, grad_parts: int = 1,
+                   compiler_options: dict = COMPILER_OPTIONS):
     """`run_steps(state, batches) -> (state, losses (K,), corrects (K,))` for `fmnist.loop.fit`.
 
     `x_train`, `y_train` are copied to the device here, once; each call then only sends the (K, B)
     int32 index array. The state is donated: the caller must use the returned state, not the old one.
+    With `scan`, the K steps are one `_scan_steps` call; otherwise a Python loop dispatches K jitted
+    `_indexed_step`s without waiting on them. Both are compiled with `compiler_options`
+    (`fast_path(config)` gives the ones training uses).
     """
     x, y = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
-    steps = _scan_steps if scan else _loop_steps
+    jit = functools.partial(jax.jit, donate_argnums=0, static_argnames="grad_parts",
+                            compiler_options=compiler_options)
+    scan_steps, indexed_step = jit(_scan_steps), jit(_indexed_step)
 
     def run_steps(state, batches):
-        return steps(state, x, y, np.asarray(batches, dtype=np.int32), grad_parts=grad_parts)
+        batches = np.asarray(batches, dtype=np.int32)
+        if scan:
+            return scan_steps(state, x, y, batches, grad_parts=grad_parts)
+        losses, corrects = [], []
+        for idx in batches:  # NumPy rows: no device-side slicing op per step
+            state, loss, correct = indexed_step(state, x, y, idx, grad_parts=grad_parts)
+            losses.append(loss)
+            corrects.append(correct)
+        return state, jnp.stack(losses), jnp.stack(corrects)
 
     return run_steps
 
@@ -219,8 +228,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     check_weights(config.model, initial_weights)
     model = get_model(config.model)
     state = create_train_state(model, weights_to_params(initial_weights), make_optimizer(config))
-    run_steps = make_run_steps(splits.x_train, splits.y_train, scan=SCAN_BY_MODEL[config.model],
-                               grad_parts=GRAD_PARTS_BY_MODEL[config.model])
+    run_steps = make_run_steps(splits.x_train, splits.y_train, **fast_path(config))
     evaluate_fn = functools.partial(evaluate, batch_size=config.eval_batch_size)
     callbacks = CallbackList(callbacks)
     state, rows = fit(config, splits, state, run_steps, evaluate_fn, callbacks)

@@ -47,17 +47,14 @@ def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Ca
         model = from_weights(config.model, init_weights(config.model, config.init, config.seed))
         optimizer = t.make_optimizer(config)
         state = [(model, optimizer.init(model))]
-        run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train,
-                                     scan=t.SCAN_BY_MODEL[config.model],
-                                     grad_parts=t.GRAD_PARTS_BY_MODEL[config.model])
+        run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train, **t.fast_path(config))
     else:
         from flax_impl import train as t
         from flax_impl.models import get_model, weights_to_params
         from flax_impl.optimizers import make_optimizer
         params = weights_to_params(init_weights(config.model, config.init, config.seed))
         state = [t.create_train_state(get_model(config.model), params, make_optimizer(config))]
-        run_steps = t.make_run_steps(splits.x_train, splits.y_train, scan=t.SCAN_BY_MODEL[config.model],
-                                     grad_parts=t.GRAD_PARTS_BY_MODEL[config.model])
+        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **t.fast_path(config))
     batches = [b for b in train_loader(config, splits).batch_indices(0) if len(b) == config.batch_size]
     groups = step_groups(batches[:steps], config.steps_per_call)
 

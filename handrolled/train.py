@@ -30,7 +30,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.weights import Weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # 512-bit vector code; 2 steps per scan iteration
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, train_compiler_options  # see fmnist/xla.py
 from handrolled.losses import num_correct, sparse_cross_entropy_with_logits
 from handrolled.models import from_weights, to_weights
 from handrolled.optimizers import SGD, Adam
@@ -43,6 +43,13 @@ SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 # How many slices each step's gradient is computed in (`loss_and_grads`): 2 for the CNN, whose
 # batch-128 gradient then uses both cores; the MLP's small matrix products gain nothing from it.
 GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
+
+
+def fast_path(config: TrainConfig) -> dict:
+    """`make_run_steps` keywords for `config.model` at `config.batch_size`: the measured choices of
+    `SCAN_BY_MODEL`, `GRAD_PARTS_BY_MODEL` and `fmnist.xla.train_compiler_options`."""
+    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model],
+                compiler_options=train_compiler_options(config.model, config.batch_size))
 
 
 def make_optimizer(config: TrainConfig):
@@ -96,13 +103,14 @@ def train_step(model, opt_state, images, labels, optimizer, grad_parts: int = 1)
 
 
 def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bool = True,
-                   grad_parts: int = 1):
+                   grad_parts: int = 1, compiler_options: dict = COMPILER_OPTIONS):
     """`run_steps((model, opt_state), batches) -> (state, losses, corrects)` for `fmnist.loop.fit`.
 
     The training set is copied to the device once; each batch is gathered there by index. With
     `scan`, the K steps of a call are one compiled `lax.scan` whose input state buffers are donated
     (updated in place); otherwise a Python loop dispatches K jitted steps without waiting on them.
-    Both give the same numbers (tested).
+    Both give the same numbers (tested). `compiler_options` go to both compiled functions
+    (`fast_path(config)` gives the ones training uses).
     """
     # The arrays are arguments of the compiled functions, not constants captured by closure: a
     # captured 172 MB training set is baked into every compiled program, which made the first MLP
@@ -110,14 +118,14 @@ def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bo
     x_all, y_all = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
     step = functools.partial(train_step, optimizer=optimizer, grad_parts=grad_parts)
 
-    @functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
     def scan_steps(state, x_all, y_all, batches):
         def body(state, idx):
             model, opt_state, loss, correct = step(*state, x_all[idx], y_all[idx])
             return (model, opt_state), (loss, correct)
         return jax.lax.scan(body, state, batches, unroll=SCAN_UNROLL)
 
-    @functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
     def one_step(state, x_all, y_all, idx):
         model, opt_state, loss, correct = step(*state, x_all[idx], y_all[idx])
         return (model, opt_state), (loss, correct)
@@ -157,8 +165,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     """Train the hand-rolled `config.model` from `initial_weights`, validate every epoch, test at the end."""
     model = from_weights(config.model, initial_weights)
     optimizer = make_optimizer(config)
-    run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train,
-                               scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model])
+    run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config))
     evaluate_fn = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
     callbacks = CallbackList(callbacks)
     (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn, callbacks)

@@ -116,8 +116,7 @@ def run_steps_in(impl, model_name, splits, weights, batches, groups, adam_state=
         opt_state = opt.init(model) if m is None else AdamState(
             t=jnp.int32(t), m=hmodels.from_weights(model_name, m), v=hmodels.from_weights(model_name, v))
         state = (model, opt_state)
-        run = htrain.make_run_steps(opt, x, y, scan=htrain.SCAN_BY_MODEL[model_name],
-                                    grad_parts=htrain.GRAD_PARTS_BY_MODEL[model_name])  # as trained
+        run = htrain.make_run_steps(opt, x, y, **htrain.fast_path(config))  # as trained
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
@@ -129,8 +128,7 @@ def run_steps_in(impl, model_name, splits, weights, batches, groups, adam_state=
         if m is not None:
             state = state.replace(opt_state=flax_opt.KerasAdamState(
                 count=jnp.int32(t), mu=flax_models.weights_to_params(m), nu=flax_models.weights_to_params(v)))
-        run = flax_train.make_run_steps(x, y, scan=flax_train.SCAN_BY_MODEL[model_name],
-                                        grad_parts=flax_train.GRAD_PARTS_BY_MODEL[model_name])  # as trained
+        run = flax_train.make_run_steps(x, y, **flax_train.fast_path(config))  # as trained
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
