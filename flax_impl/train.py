@@ -36,7 +36,7 @@ from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.loop import finish, fit
 from fmnist.weights import Weights, check_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, train_compiler_options  # see fmnist/xla.py
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # see fmnist/xla.py
 
 from flax_impl.models import get_model, params_to_weights, weights_to_params
 from flax_impl.optimizers import make_optimizer
@@ -57,17 +57,17 @@ IMPL = "flax"
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
 # How many slices each step's gradient is computed in (`_loss_and_grads`): 2 for the CNN, whose
-# gradient then uses both cores; the MLP's small matrix products gain nothing from it. Still true
-# with the XLA kernels the CNN uses from batch 128 (fmnist/xla.py): 21.6-28.8 ms per step whole
-# against 14.9-19.6 ms in 2 slices (both implementations, 3 processes).
+# gradient then uses both cores; the MLP's small matrix products gain nothing from it. With the
+# convolutions in XLA's multi-threaded kernels (fmnist/xla.py) the gain is smaller but still there:
+# CNN step at batch 128, 14.3-22.6 ms whole against 13.2-17.0 in 2 slices; batch 32, 3.6-5.7 against
+# 3.6-4.9 (hand-rolled and Flax, 2 processes).
 GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
 
 
 def fast_path(config: TrainConfig) -> dict:
-    """`make_run_steps` keywords for `config.model` at `config.batch_size`: the measured choices of
-    `SCAN_BY_MODEL`, `GRAD_PARTS_BY_MODEL` and `fmnist.xla.train_compiler_options`."""
-    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model],
-                compiler_options=train_compiler_options(config.model, config.batch_size))
+    """`make_run_steps` keywords for `config.model`: the measured choices of `SCAN_BY_MODEL` and
+    `GRAD_PARTS_BY_MODEL`."""
+    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model])
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:
@@ -146,19 +146,17 @@ def _indexed_step(state, x, y, idx, grad_parts=1):
     return _train_step(state, x[idx], y[idx], grad_parts)
 
 
-def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True, grad_parts: int = 1,
-                   compiler_options: dict = COMPILER_OPTIONS):
+def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True, grad_parts: int = 1):
     """`run_steps(state, batches) -> (state, losses (K,), corrects (K,))` for `fmnist.loop.fit`.
 
     `x_train`, `y_train` are copied to the device here, once; each call then only sends the (K, B)
     int32 index array. The state is donated: the caller must use the returned state, not the old one.
     With `scan`, the K steps are one `_scan_steps` call; otherwise a Python loop dispatches K jitted
-    `_indexed_step`s without waiting on them. Both are compiled with `compiler_options`
-    (`fast_path(config)` gives the ones training uses).
+    `_indexed_step`s without waiting on them. `fast_path(config)` gives the settings training uses.
     """
     x, y = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
     jit = functools.partial(jax.jit, donate_argnums=0, static_argnames="grad_parts",
-                            compiler_options=compiler_options)
+                            compiler_options=COMPILER_OPTIONS)
     scan_steps, indexed_step = jit(_scan_steps), jit(_indexed_step)
 
     def run_steps(state, batches):

@@ -1,32 +1,36 @@
-"""XLA settings shared by the two JAX implementations and the benchmark's bound (plain data and one
-small function: this module imports nothing, so `fmnist` stays framework-free).
+"""XLA settings shared by the two JAX implementations and the benchmark's bound (plain data: this
+module imports nothing, so `fmnist` stays framework-free).
 
 COMPILER_OPTIONS is passed to every `jax.jit` of a training or evaluation step (local to those
-functions, not a process-wide flag): XLA:CPU may then generate 512-bit vector code (these CPUs have
-AVX-512; XLA's default prefers 256-bit). Measured in one process, A B A B, 9 rounds: MLP epoch
-0.286 -> 0.251 s (-12%), CNN batch 128 step 44.9 -> 41.3 ms (-8%), gradients bit-identical on a real
-batch (same operations, wider registers). Other backends ignore xla_cpu_* options.
+functions, not a process-wide flag; other backends ignore xla_cpu_* options). Two settings:
 
-XLA_KERNELS switches the kernels for matrix products and convolutions. By default XLA:CPU (jax
-0.10) hands them to YNNPACK fusions (`ynn_fusion` in the compiled HLO), each of which runs on one
-core; with the YNN fusion list set to empty, XLA calls its own convolution and dot kernels (Eigen),
-which split one large operation across the cores. Which wins depends on the size of the work, so
-`train_compiler_options` picks per model and batch size, from these measurements (2-core box, jitted
-training step with Keras-convention Adam and the gradient in 2 slices as trained, ms per step,
-hand-rolled and Flax, medians of 27 interleaved steps, ranges over both implementations and 3
-processes on a shared machine; batch 256: one process):
+* xla_cpu_prefer_vector_width = 512: XLA:CPU may generate 512-bit vector code (these CPUs have
+  AVX-512; XLA's default prefers 256-bit). Measured in one process, A B A B, 9 rounds: MLP epoch
+  0.286 -> 0.251 s (-12%), CNN batch 128 step 44.9 -> 41.3 ms (-8%), gradients bit-identical on a
+  real batch (same operations, wider registers).
 
-                     YNNPACK (default)   XLA kernels
-    CNN batch  32        4.2-5.0          6.4-8.0      many small operations: one core each wins
-    CNN batch  64        7.5-9.6         11.8-14.4
-    CNN batch 128       17.9-23.2        14.9-19.6     the backward convolutions use both cores
-    CNN batch 256       45.8-46.5        44.7-44.9
-    MLP batch  32      0.097-0.131      0.082-0.127    (hand-rolled, 100-step scan, 2 processes:
-                                                        within the noise, so the MLP keeps the default)
+* xla_cpu_experimental_ynn_fusion_type = matrix products and reductions only. By default XLA:CPU
+  (jax 0.10) hands matrix products, reductions AND convolutions to YNNPACK fusions (`ynn_fusion` in
+  the compiled HLO), and each of those runs on one core: a batch-128 CNN gradient took 25 ms whole
+  and 13 ms for half the batch. Left out of the list, convolutions go to XLA's own kernels (Eigen),
+  which split one convolution across both cores. The second conv at batch 128, forward / input
+  gradient / kernel gradient: 4.9 / 4.8 / 9.5 ms in YNNPACK, 2.7 / 3.6 / 6.1 ms in XLA's kernels.
+  Emptying the list altogether is worse: the bias gradients' large reductions then become slow
+  reduce-window loops (Flax CNN step at batch 128, one process: 16.8 ms; 13.1 with them kept).
+  Measured (2-core box, jitted CNN training step with Keras-convention Adam and the gradient in 2
+  slices as trained, ms per step, medians of 27 interleaved steps, ranges over the hand-rolled and
+  Flax steps and 2 processes on a shared machine; batch 256: Flax, one process):
 
-At batch 128 the whole-batch CNN gradient alone takes 23.4 ms with YNNPACK and 14.9 ms with XLA's
-kernels (same process). Evaluation (forward only, batch 1000) gains nothing (72 vs 77 ms) and keeps
-the default. The two kernel sets round differently: gradients agree to 7e-7 of their largest entry.
+                     default (convolutions in YNNPACK)   convolutions in XLA's kernels
+    CNN batch  32                3.9-5.0                          3.6-4.9
+    CNN batch  64                7.4-8.1                          6.6-7.0
+    CNN batch 128               15.8-19.2                        13.2-17.0
+    CNN batch 256                 51.3                             46.8
+
+  Evaluation (CNN forward, batch 1000) is unchanged: 72.0 vs 71.5 ms. The MLP has no convolution:
+  its compiled programs are identical with and without the setting (tested), so its numbers and
+  the benchmark's bound are too. The two convolution kernels round differently: a conv_1 kernel
+  gradient agrees to 2.6e-7 of its largest entry.
 
 SCAN_UNROLL is the number of training steps per iteration of a `lax.scan` loop: unrolling by 2
 halves the loop's per-iteration overhead. Measured on the 2-core box, MLP batch 32, 600 steps, one
@@ -35,15 +39,9 @@ than 1 (0.30, 0.31). The steps and their order are unchanged, so the numbers are
 against the Python loop of single steps).
 """
 
-COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
-XLA_KERNELS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNNPACK fusions: XLA's own kernels
-CNN_XLA_KERNELS_MIN_BATCH = 128
+# YNNPACK keeps what it does well here; convolutions (LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,
+# in the default list) are left to XLA's multi-threaded kernels.
+YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": YNN_FUSION_TYPES}
 SCAN_UNROLL = 2
-
-
-def train_compiler_options(model: str, batch_size: int) -> dict:
-    """Compiler options for the training steps of `model` at `batch_size`: COMPILER_OPTIONS, plus
-    XLA_KERNELS for the CNN at batch sizes >= CNN_XLA_KERNELS_MIN_BATCH (see the table above)."""
-    if model == "cnn" and batch_size >= CNN_XLA_KERNELS_MIN_BATCH:
-        return {**COMPILER_OPTIONS, **XLA_KERNELS}
-    return dict(COMPILER_OPTIONS)

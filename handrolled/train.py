@@ -30,7 +30,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.weights import Weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, train_compiler_options  # see fmnist/xla.py
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # see fmnist/xla.py
 from handrolled.losses import num_correct, sparse_cross_entropy_with_logits
 from handrolled.models import from_weights, to_weights
 from handrolled.optimizers import SGD, Adam
@@ -41,17 +41,17 @@ from handrolled.optimizers import SGD, Adam
 SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 
 # How many slices each step's gradient is computed in (`loss_and_grads`): 2 for the CNN, whose
-# gradient then uses both cores; the MLP's small matrix products gain nothing from it. Still true
-# with the XLA kernels the CNN uses from batch 128 (fmnist/xla.py): 21.6-28.8 ms per step whole
-# against 14.9-19.6 ms in 2 slices (both implementations, 3 processes).
+# gradient then uses both cores; the MLP's small matrix products gain nothing from it. With the
+# convolutions in XLA's multi-threaded kernels (fmnist/xla.py) the gain is smaller but still there:
+# CNN step at batch 128, 14.3-22.6 ms whole against 13.2-17.0 in 2 slices; batch 32, 3.6-5.7 against
+# 3.6-4.9 (hand-rolled and Flax, 2 processes).
 GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
 
 
 def fast_path(config: TrainConfig) -> dict:
-    """`make_run_steps` keywords for `config.model` at `config.batch_size`: the measured choices of
-    `SCAN_BY_MODEL`, `GRAD_PARTS_BY_MODEL` and `fmnist.xla.train_compiler_options`."""
-    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model],
-                compiler_options=train_compiler_options(config.model, config.batch_size))
+    """`make_run_steps` keywords for `config.model`: the measured choices of `SCAN_BY_MODEL` and
+    `GRAD_PARTS_BY_MODEL`."""
+    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model])
 
 
 def make_optimizer(config: TrainConfig):
@@ -105,14 +105,13 @@ def train_step(model, opt_state, images, labels, optimizer, grad_parts: int = 1)
 
 
 def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bool = True,
-                   grad_parts: int = 1, compiler_options: dict = COMPILER_OPTIONS):
+                   grad_parts: int = 1):
     """`run_steps((model, opt_state), batches) -> (state, losses, corrects)` for `fmnist.loop.fit`.
 
     The training set is copied to the device once; each batch is gathered there by index. With
     `scan`, the K steps of a call are one compiled `lax.scan` whose input state buffers are donated
     (updated in place); otherwise a Python loop dispatches K jitted steps without waiting on them.
-    Both give the same numbers (tested). `compiler_options` go to both compiled functions
-    (`fast_path(config)` gives the ones training uses).
+    Both give the same numbers (tested). `fast_path(config)` gives the settings training uses.
     """
     # The arrays are arguments of the compiled functions, not constants captured by closure: a
     # captured 172 MB training set is baked into every compiled program, which made the first MLP
@@ -120,14 +119,14 @@ def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bo
     x_all, y_all = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
     step = functools.partial(train_step, optimizer=optimizer, grad_parts=grad_parts)
 
-    @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
     def scan_steps(state, x_all, y_all, batches):
         def body(state, idx):
             model, opt_state, loss, correct = step(*state, x_all[idx], y_all[idx])
             return (model, opt_state), (loss, correct)
         return jax.lax.scan(body, state, batches, unroll=SCAN_UNROLL)
 
-    @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
     def one_step(state, x_all, y_all, idx):
         model, opt_state, loss, correct = step(*state, x_all[idx], y_all[idx])
         return (model, opt_state), (loss, correct)

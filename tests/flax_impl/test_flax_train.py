@@ -12,11 +12,10 @@ from fmnist.callbacks import Callback, History
 from fmnist.config import TrainConfig
 from fmnist.history import EPOCH_KEYS, RunResult
 from fmnist.weights import check_weights, init_weights
-from fmnist.xla import train_compiler_options
 from flax_impl.models import get_model, weights_to_params
 from flax_impl.optimizers import make_optimizer
-from flax_impl.train import (_train_step, create_train_state, eval_step, evaluate, fast_path,
-                             make_run_steps, train_and_evaluate, train_step)
+from flax_impl.train import (create_train_state, eval_step, evaluate, make_run_steps,
+                             train_and_evaluate, train_step)
 
 
 def fresh_state(model, config=None):
@@ -77,22 +76,6 @@ def test_run_steps_equals_single_train_steps(data, model, scan):
         # the same float32 ops in the same order: measured bit-identical
         np.testing.assert_array_equal(got_losses, np.asarray(want_losses, np.float32))
         assert leaves_max_diff(state.params, want_state.params) == 0.0
-
-
-def test_large_cnn_batches_train_with_xla_kernels_and_the_same_steps(data):
-    """`fast_path` at batch 128 compiles the CNN steps with XLA's own kernels (fmnist/xla.py); the
-    loop of those steps equals single `_train_step`s compiled with the same options."""
-    kwargs = fast_path(TrainConfig(model="cnn", batch_size=128))
-    assert kwargs == {"scan": False, "grad_parts": 2, "compiler_options": train_compiler_options("cnn", 128)}
-    x, y = data
-    batches = np.random.default_rng(2).integers(0, len(x), (2, 128)).astype(np.int32)
-    state, losses, _ = make_run_steps(x, y, **kwargs)(fresh_state("cnn"), batches)
-    single = jax.jit(_train_step, static_argnames="grad_parts", compiler_options=kwargs["compiler_options"])
-    want = fresh_state("cnn")
-    for idx, loss in zip(batches, np.asarray(losses)):
-        want, want_loss, _ = single(want, jnp.asarray(x[idx]), jnp.asarray(y[idx]), grad_parts=2)
-        assert loss == float(want_loss)  # measured bit-identical: the same step, compiled alike
-    assert leaves_max_diff(state.params, want.params) == 0.0
 
 
 def test_evaluate_covers_every_example_including_a_partial_batch(data):

@@ -11,7 +11,6 @@ from fmnist import data
 from fmnist.callbacks import History, ProgressBar
 from fmnist.config import TrainConfig
 from fmnist.weights import init_weights
-from fmnist.xla import train_compiler_options
 from handrolled import train as ht
 from handrolled.models import from_weights
 
@@ -101,30 +100,6 @@ def test_scan_and_python_loop_give_the_same_numbers(small_splits):
     np.testing.assert_array_equal(l1, l2)
     np.testing.assert_array_equal(c1, c2)
     for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_large_cnn_batches_train_with_xla_kernels_and_the_same_steps(small_splits):
-    """`fast_path` at batch 128 compiles the CNN steps with XLA's own kernels (fmnist/xla.py); the
-    loop of those steps equals single `train_step`s compiled with the same options."""
-    config = TrainConfig(model="cnn", batch_size=128)
-    kwargs = ht.fast_path(config)
-    assert kwargs == {"scan": False, "grad_parts": 2, "compiler_options": train_compiler_options("cnn", 128)}
-    weights, optimizer = init_weights("cnn"), ht.make_optimizer(config)
-    x, y = small_splits.x_train, small_splits.y_train
-    batches = np.arange(2 * 128, dtype=np.int32).reshape(2, 128)
-    model = from_weights("cnn", weights)
-    run = ht.make_run_steps(optimizer, x, y, **kwargs)
-    (model, _), losses, _ = run((model, optimizer.init(model)), batches)
-    single = jax.jit(ht.train_step, static_argnames=("optimizer", "grad_parts"),
-                     compiler_options=kwargs["compiler_options"])
-    want = from_weights("cnn", weights)
-    opt_state = optimizer.init(want)
-    for idx, loss in zip(batches, np.asarray(losses)):
-        want, opt_state, want_loss, _ = single(want, opt_state, jnp.asarray(x[idx]), jnp.asarray(y[idx]),
-                                               optimizer=optimizer, grad_parts=2)
-        assert loss == float(want_loss)  # measured bit-identical: the same step, compiled alike
-    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)
 
 
