@@ -93,8 +93,8 @@ def _loss_and_grads(state, images, labels, parts: int = 1):
 
     mean loss = sum_k (n_k / n) * mean_k over slices of n_k examples, likewise the gradient: the same
     quantity, summed in another order. XLA:CPU runs the slices' independent computations
-    concurrently, one core each; one batch-128 CNN gradient leaves the second core mostly idle
-    (measured: 23.0 ms whole vs 14.8 ms in 2 parts on 2 cores; 26.8 vs 25.3 on 1 core).
+    concurrently, one core each, which keeps the second core busy during the CNN's single-core
+    element-wise work (numbers at GRAD_PARTS_BY_MODEL and in `handrolled.train.loss_and_grads`).
     """
     grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
     n = images.shape[0]

@@ -74,9 +74,12 @@ def loss_and_grads(model, images, labels, parts: int = 1):
     With slices of n_k examples, mean loss = sum_k (n_k / n) * mean_k, and likewise the gradient: the
     same quantity as in one piece, added in a different order (float32 rounding only). Why slice:
     the slices' computations are independent, and XLA:CPU runs independent work concurrently, one
-    core each, where a single batch-128 CNN gradient keeps the second core mostly idle. Measured
-    (jitted CNN value_and_grad, batch 128, interleaved medians): 23.0 ms whole vs 14.8 ms in 2 parts
-    (16.7 in 4) on 2 cores; on 1 core 26.8 vs 25.3, so the gain is the second core.
+    core each. Most of a CNN step's element-wise work (relu, pooling and their gradients) runs on
+    one core per operation, so one whole-batch gradient leaves the second core idle for part of
+    it. Measured with convolutions in YNNPACK (one core each; jitted CNN value_and_grad, batch 128):
+    23.0 ms whole vs 14.8 ms in 2 parts (16.7 in 4) on 2 cores, 26.8 vs 25.3 on 1 core, so the gain
+    is the second core; with XLA's multi-threaded convolutions (fmnist/xla.py) the gain is smaller
+    (numbers at GRAD_PARTS_BY_MODEL).
     """
     grad_fn = jax.value_and_grad(loss_and_correct, has_aux=True)
     n = images.shape[0]
