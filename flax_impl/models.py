@@ -110,10 +110,11 @@ def _shift_conv_bwd(res, dy):
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
     # d kernel = patches^T dy: one matrix product (differentiating the broadcast multiplies
-    # would be 9*C reductions over dy instead, ~4x slower). Written as reshape, .T, dot rather than
-    # einsum("nhwk,nhwo->ko"), as the hand-rolled `conv2d_shift` does: XLA:CPU then contracts the
-    # reshaped arrays in place, where for the einsum it first copied both operands into transposed
-    # (., N*H*W) layouts (profiled: four copies, 1.6 ms of CPU time per batch-128 step in two halves).
+    # would be 9*C reductions over dy instead, ~4x slower). The hand-rolled `conv2d_shift` writes it
+    # as reshape, .T, dot, and so does this: with einsum("nhwk,nhwo->ko") instead, XLA:CPU first
+    # copied both operands into transposed (., N*H*W) layouts (profiled: four copies, 1.6 ms of CPU
+    # time per batch-128 step in two halves) and summed in another order. Keep this form: the
+    # parity test `test_the_two_jax_implementations_train_bit_identically` depends on it.
     k = patches.shape[-1]
     dk = jnp.dot(patches.reshape(-1, k).T, dy.reshape(-1, dy.shape[-1])).reshape(kernel.shape)
     _, vjp_x = jax.vjp(lambda x: _shift_conv_3x3(x, kernel), x)  # dropped by XLA when unused

@@ -13,7 +13,7 @@ runs K steps, gathering each batch on the device (`x[idx]`) from a (K, B) int32 
 model, the K steps are either a `lax.scan` (one dispatch, one host sync per K steps) or a Python
 loop of single jitted steps: XLA's CPU backend runs convolution gradients inside `scan`/`while`
 bodies far slower than at the top level (jax-ml/jax#12868), so the CNN uses the loop. Numbers at
-`SCAN_BY_MODEL`.
+`fmnist.xla.SCAN_BY_MODEL`.
 
 `train_and_evaluate` drives this through the shared epoch loop `fmnist.loop.fit`, so batch order,
 running metrics, validation, callbacks and history mean the same as in the hand-rolled version.
@@ -36,38 +36,12 @@ from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.loop import finish, fit
 from fmnist.weights import Weights, check_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # see fmnist/xla.py
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path  # settings and measurements: fmnist/xla.py
 
 from flax_impl.models import get_model, params_to_weights, weights_to_params
 from flax_impl.optimizers import make_optimizer
 
 IMPL = "flax"
-
-# Whether `run_steps` scans the K steps (True) or loops over single jitted steps (False).
-# Measured on this 2-core CPU (jax 0.10.2), K = 100 steps per call, Keras-convention Adam, ms per
-# step after the compiling call (ranges: repeated runs on a shared machine):
-#                     scan       loop
-#   MLP batch 32      0.09       0.14     the loop pays ~0.05 ms of dispatch per step -> scan
-#   CNN batch 32    104-137     5.6-8.4   convolution gradients inside a scan body are 12-18x
-#   CNN batch 128     755        41-42    slower on XLA:CPU (jax-ml/jax#12868) -> loop
-# The CNN scan also compiles slower (first call minus steady state: ~4 s vs 1-1.6 s at batch 32,
-# ~37 s vs 1-1.5 s at batch 128). The loop still keeps the data on the device and gathers batches
-# there; it adds one dispatch per step. Re-measured with the first-max pool and ShiftConv, CNN batch
-# 128, K = 10: loop 45.4 ms/step, scan 867 ms/step (first call 1.6 s vs 10 s): still the loop.
-SCAN_BY_MODEL = {"mlp": True, "cnn": False}
-
-# How many slices each step's gradient is computed in (`_loss_and_grads`): 2 for the CNN, whose
-# gradient then uses both cores; the MLP's small matrix products gain nothing from it. With the
-# convolutions in XLA's multi-threaded kernels (fmnist/xla.py) the gain is smaller but still there:
-# CNN step at batch 128, 14.3-22.6 ms whole against 13.2-17.0 in 2 slices; batch 32, 3.6-5.7 against
-# 3.6-4.9 (hand-rolled and Flax, 2 processes).
-GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
-
-
-def fast_path(config: TrainConfig) -> dict:
-    """`make_run_steps` keywords for `config.model`: the measured choices of `SCAN_BY_MODEL` and
-    `GRAD_PARTS_BY_MODEL`."""
-    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model])
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:
@@ -94,7 +68,7 @@ def _loss_and_grads(state, images, labels, parts: int = 1):
     mean loss = sum_k (n_k / n) * mean_k over slices of n_k examples, likewise the gradient: the same
     quantity, summed in another order. XLA:CPU runs the slices' independent computations
     concurrently, one core each, which keeps the second core busy during the CNN's single-core
-    element-wise work (numbers at GRAD_PARTS_BY_MODEL and in `handrolled.train.loss_and_grads`).
+    element-wise work (numbers at `fmnist.xla.GRAD_PARTS_BY_MODEL`).
     """
     grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
     n = images.shape[0]
@@ -152,7 +126,9 @@ def make_run_steps(x_train: np.ndarray, y_train: np.ndarray, scan: bool = True, 
     `x_train`, `y_train` are copied to the device here, once; each call then only sends the (K, B)
     int32 index array. The state is donated: the caller must use the returned state, not the old one.
     With `scan`, the K steps are one `_scan_steps` call; otherwise a Python loop dispatches K jitted
-    `_indexed_step`s without waiting on them. `fast_path(config)` gives the settings training uses.
+    `_indexed_step`s without waiting on them. Both are jitted here, as in the hand-rolled version
+    (a new run compiles anyway: each `TrainState` brings its own `apply_fn`).
+    `fmnist.xla.fast_path(model)` gives the settings training uses.
     """
     x, y = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
     jit = functools.partial(jax.jit, donate_argnums=0, static_argnames="grad_parts",
@@ -228,7 +204,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     check_weights(config.model, initial_weights)
     model = get_model(config.model)
     state = create_train_state(model, weights_to_params(initial_weights), make_optimizer(config))
-    run_steps = make_run_steps(splits.x_train, splits.y_train, **fast_path(config))
+    run_steps = make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
     evaluate_fn = functools.partial(evaluate, batch_size=config.eval_batch_size)
     callbacks = CallbackList(callbacks)
     state, rows = fit(config, splits, state, run_steps, evaluate_fn, callbacks)

@@ -28,7 +28,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -47,14 +47,14 @@ def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Ca
         model = from_weights(config.model, init_weights(config.model, config.init, config.seed))
         optimizer = t.make_optimizer(config)
         state = [(model, optimizer.init(model))]
-        run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train, **t.fast_path(config))
+        run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config.model))
     else:
         from flax_impl import train as t
         from flax_impl.models import get_model, weights_to_params
         from flax_impl.optimizers import make_optimizer
         params = weights_to_params(init_weights(config.model, config.init, config.seed))
         state = [t.create_train_state(get_model(config.model), params, make_optimizer(config))]
-        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **t.fast_path(config))
+        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
     batches = [b for b in train_loader(config, splits).batch_indices(0) if len(b) == config.batch_size]
     groups = step_groups(batches[:steps], config.steps_per_call)
 

@@ -1,5 +1,5 @@
-"""XLA settings shared by the two JAX implementations and the benchmark's bound (plain data: this
-module imports nothing, so `fmnist` stays framework-free).
+"""XLA settings shared by the two JAX implementations and the benchmark's bound (plain data and
+one lookup: this module imports nothing, so `fmnist` stays framework-free).
 
 COMPILER_OPTIONS is passed to every `jax.jit` of a training or evaluation step (local to those
 functions, not a process-wide flag; other backends ignore xla_cpu_* options). Two settings:
@@ -27,10 +27,16 @@ functions, not a process-wide flag; other backends ignore xla_cpu_* options). Tw
     CNN batch 128               15.8-19.2                        13.2-17.0
     CNN batch 256                 51.3                             46.8
 
+  The ranges overlap because the machine is shared; in each of the 4 same-process pairs the XLA
+  kernels were faster: batch 32 by 1-7%, batch 64 by 7-19%, batch 128 by 6-31%.
   Evaluation (CNN forward, batch 1000) is unchanged: 72.0 vs 71.5 ms. The MLP has no convolution:
-  its compiled programs are identical with and without the setting (tested), so its numbers and
-  the benchmark's bound are too. The two convolution kernels round differently: a conv_1 kernel
-  gradient agrees to 2.6e-7 of its largest entry.
+  its compiled training programs (a step, and a scan of steps) are identical with and without the
+  setting (tested), and the benchmark's bound (products and Adam) has none either. The two
+  convolution kernels round differently: the conv layer's kernel gradient in tests/fmnist/test_xla.py
+  agrees to 4.8e-7 of its largest entry.
+
+SCAN_BY_MODEL, GRAD_PARTS_BY_MODEL and `fast_path` are the fast-path settings both JAX
+implementations' `make_run_steps` take; the measurements are at the definitions.
 
 SCAN_UNROLL is the number of training steps per iteration of a `lax.scan` loop: unrolling by 2
 halves the loop's per-iteration overhead. Measured on the 2-core box, MLP batch 32, 600 steps, one
@@ -45,3 +51,32 @@ YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUC
 
 COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": YNN_FUSION_TYPES}
 SCAN_UNROLL = 2
+
+# Whether `make_run_steps` scans the K steps of a call (True) or loops over single jitted steps
+# (False). Measured on this 2-core CPU (jax 0.10.2), Flax, K = 100 steps per call, Keras-convention
+# Adam, ms per step after the compiling call (ranges: repeated runs on a shared machine):
+#                     scan       loop
+#   MLP batch 32      0.09       0.14     the loop pays ~0.05 ms of dispatch per step -> scan
+#   CNN batch 32    104-137     5.6-8.4   convolution gradients inside a scan body are 12-18x
+#   CNN batch 128     755        41-42    slower on XLA:CPU (jax-ml/jax#12868) -> loop
+# The CNN scan also compiles slower (first call minus steady state: ~4 s vs 1-1.6 s at batch 32,
+# ~37 s vs 1-1.5 s at batch 128). The loop still keeps the data on the device and gathers batches
+# there; it adds one dispatch per step. Re-measured with the first-max pool and ShiftConv, CNN batch
+# 128, K = 10: loop 45.4 ms/step, scan 867 ms/step; and with the convolutions in XLA's kernels
+# (COMPILER_OPTIONS), CNN batch 32, K = 10: loop 4.5, scan 82 ms/step. Still the loop.
+SCAN_BY_MODEL = {"mlp": True, "cnn": False}
+
+# How many slices each step's gradient is computed in (`loss_and_grads` in both implementations):
+# the slices' computations are independent, so XLA:CPU runs them side by side, one core each,
+# which keeps both cores busy through the CNN's one-core-per-operation element-wise work. The
+# MLP's small matrix products gain nothing from it. CNN step, whole batch -> 2 slices, paired
+# (same process, interleaved; hand-rolled and Flax, 2 processes: 4 pairs), convolutions in XLA's
+# kernels: batch 128, 4-39% faster (e.g. 14.7 -> 13.2 ms); batch 64, 4-5%; batch 32, -5% to +15%
+# (no consistent gain there, no loss either). With the convolutions in YNNPACK it was the main
+# gain: whole-batch gradient at batch 128 23.0 ms vs 14.8 ms in 2 slices (16.7 in 4).
+GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
+
+
+def fast_path(model: str) -> dict:
+    """`make_run_steps` keywords for `model` ("mlp" or "cnn"): {"scan": ..., "grad_parts": ...}."""
+    return {"scan": SCAN_BY_MODEL[model], "grad_parts": GRAD_PARTS_BY_MODEL[model]}

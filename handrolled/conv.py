@@ -32,7 +32,7 @@ The forward values are identical (a max is exact).
 
 Defaults ("auto"), from measurements on this project's 2-core CPU box, jax 0.10.2, batch 128, one
 process, variants interleaved, median ms (the box is shared: absolute times vary ~2x between runs,
-the order did not):
+the order did not), made while XLA:CPU still ran convolutions in YNNPACK (see below):
 
     forward + backward of relu then pool    reshape   first_max   (reduce_window: ~30 / ~15)
       input (128, 28, 28, 32)                 5.45       1.86
@@ -48,19 +48,14 @@ so "auto" is `shift` for a conv with one input channel, `lax` otherwise, and `fi
 pooling whenever stride == window (`reduce_window` otherwise). The whole-step gain is larger than
 the parts: with conv_0 as elementwise work, XLA fuses conv_0, bias, relu and the pool's max and
 argmax into one pass, so the 128x28x28x32 activation (12.8 MB) is never written to memory.
-XLA flags, none of which is set: `--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack`,
+Compiler options. `fmnist.xla.COMPILER_OPTIONS`, passed to every compiled step, sets two: 512-bit
+vector code (8-12% faster), and YNNPACK for matrix products and reductions only, so that the
+convolutions run in XLA's own multi-threaded (Eigen) kernels: the second conv at batch 128 then
+takes 2.7 / 3.6 / 6.1 ms (forward / input grad / kernel grad) instead of 4.9 / 4.8 / 9.5, and the
+choices above still hold (fmnist/xla.py has the measurements). An earlier try that switched YNNPACK
+off altogether looked like no win: it also moved the bias gradients' reductions out of YNNPACK, into
+slow reduce-window loops. `--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack` and
 `--xla_cpu_multi_thread_eigen=false` made no difference larger than the noise, or were slower.
-(`xla_cpu_prefer_vector_width=512` as a process-wide flag looked like noise here; measured more
-carefully, per compiled function, it gains 8-12%, and `handrolled.train` passes it as a compiler option.) Turning the YNNPACK fusions off
-(`xla_cpu_experimental_ynn_fusion_type=""`, also possible per function as
-`jax.jit(..., compiler_options={...})`) sends convolutions to Eigen: gradients agree to 1e-6
-relative, and a Flax CNN step measured 24-26 ms instead of 33-40 in quiet minutes but 45-51 instead
-of 41-45 in busy ones (one process, interleaved), and the MLP epoch got ~10% slower; not a win.
-
-What still separates the CNN step from Keras's is the second convolution's three kernels on XLA's
-CPU backend: forward / kernel gradient / input gradient 8.2 / 11.5 / 7.5 ms in JAX against 5.3 /
-6.1 / 5.0 ms in TensorFlow (oneDNN), same shapes, one process, interleaved (TF times include
-copying the result to NumPy). Its im2col and shifted-sum forms are slower still (above).
 
 Gradient of max pooling at ties: `first_max`, `reduce_window` (so Flax's `nn.max_pool`) and TF's
 MaxPool (so Keras) send all of a window's gradient to its first maximum in row-major order, so

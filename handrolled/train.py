@@ -30,28 +30,10 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits
 from fmnist.history import RunResult
 from fmnist.weights import Weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL  # see fmnist/xla.py
+from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path  # settings and measurements: fmnist/xla.py
 from handrolled.losses import num_correct, sparse_cross_entropy_with_logits
 from handrolled.models import from_weights, to_weights
 from handrolled.optimizers import SGD, Adam
-
-# Models whose steps run in a Python loop of jitted steps instead of one lax.scan: XLA's CPU
-# backend runs convolutions inside a scan far slower (jax-ml/jax#12868); measured here, a CNN step at
-# batch 128 took 19x longer in a scan (867 vs 45 ms, see flax_impl.train.SCAN_BY_MODEL).
-SCAN_BY_MODEL = {"mlp": True, "cnn": False}
-
-# How many slices each step's gradient is computed in (`loss_and_grads`): 2 for the CNN, whose
-# gradient then uses both cores; the MLP's small matrix products gain nothing from it. With the
-# convolutions in XLA's multi-threaded kernels (fmnist/xla.py) the gain is smaller but still there:
-# CNN step at batch 128, 14.3-22.6 ms whole against 13.2-17.0 in 2 slices; batch 32, 3.6-5.7 against
-# 3.6-4.9 (hand-rolled and Flax, 2 processes).
-GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
-
-
-def fast_path(config: TrainConfig) -> dict:
-    """`make_run_steps` keywords for `config.model`: the measured choices of `SCAN_BY_MODEL` and
-    `GRAD_PARTS_BY_MODEL`."""
-    return dict(scan=SCAN_BY_MODEL[config.model], grad_parts=GRAD_PARTS_BY_MODEL[config.model])
 
 
 def make_optimizer(config: TrainConfig):
@@ -78,8 +60,8 @@ def loss_and_grads(model, images, labels, parts: int = 1):
     one core per operation, so one whole-batch gradient leaves the second core idle for part of
     it. Measured with convolutions in YNNPACK (one core each; jitted CNN value_and_grad, batch 128):
     23.0 ms whole vs 14.8 ms in 2 parts (16.7 in 4) on 2 cores, 26.8 vs 25.3 on 1 core, so the gain
-    is the second core; with XLA's multi-threaded convolutions (fmnist/xla.py) the gain is smaller
-    (numbers at GRAD_PARTS_BY_MODEL).
+    is the second core; with XLA's multi-threaded convolutions the gain is smaller
+    (`fmnist.xla.GRAD_PARTS_BY_MODEL`).
     """
     grad_fn = jax.value_and_grad(loss_and_correct, has_aux=True)
     n = images.shape[0]
@@ -114,7 +96,7 @@ def make_run_steps(optimizer, x_train: np.ndarray, y_train: np.ndarray, scan: bo
     The training set is copied to the device once; each batch is gathered there by index. With
     `scan`, the K steps of a call are one compiled `lax.scan` whose input state buffers are donated
     (updated in place); otherwise a Python loop dispatches K jitted steps without waiting on them.
-    Both give the same numbers (tested). `fast_path(config)` gives the settings training uses.
+    Both give the same numbers (tested). `fmnist.xla.fast_path(model)` gives the settings training uses.
     """
     # The arrays are arguments of the compiled functions, not constants captured by closure: a
     # captured 172 MB training set is baked into every compiled program, which made the first MLP
@@ -169,7 +151,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     """Train the hand-rolled `config.model` from `initial_weights`, validate every epoch, test at the end."""
     model = from_weights(config.model, initial_weights)
     optimizer = make_optimizer(config)
-    run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config))
+    run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config.model))
     evaluate_fn = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
     callbacks = CallbackList(callbacks)
     (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn, callbacks)
