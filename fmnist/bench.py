@@ -179,15 +179,34 @@ def ratios(results: dict) -> dict:
     return out
 
 
+def ratio_ranges(results: dict) -> dict:
+    """[min, max] over the rounds of each ratio in `ratios`, taken within a round.
+
+    The implementations of one round run back to back, so a round's ratio compares them under the
+    same load; the spread over rounds shows how far a shared machine moves a ratio, which the
+    medians alone hide.
+    """
+    out = {}
+    for model, r in results.items():
+        samples, out[model] = r["samples"], {}
+        for name in ratios({model: r})[model]:
+            a, b = name.split("/")
+            per_round = [x / y for x, y in zip(samples[a], samples[b])]
+            out[model][name] = [min(per_round), max(per_round)]
+    return out
+
+
 def table(results: dict) -> str:
-    """A Markdown table of the medians and ratios."""
-    rat = ratios(results)
-    lines = ["| model | batch | handrolled s/epoch | flax s/epoch | keras s/epoch | bound s/epoch | ratios |",
+    """A Markdown table of the medians and ratios, each ratio with its range over the rounds."""
+    rat, spread = ratios(results), ratio_ranges(results)
+    lines = ["| model | batch | handrolled s/epoch | flax s/epoch | keras s/epoch | bound s/epoch | ratios (range over rounds) |",
              "|---|---|---|---|---|---|---|"]
     for model, r in results.items():
         cell = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
+        cells = ", ".join(f"{k} {v:.2f}x ({spread[model][k][0]:.2f}-{spread[model][k][1]:.2f})"
+                          for k, v in rat[model].items())
         lines.append(f"| {model} | {r['batch_size']} | {cell('handrolled')} | {cell('flax')} | {cell('keras')} | "
-                     f"{cell('bound')} | " + ", ".join(f"{k} {v:.2f}x" for k, v in rat[model].items()) + " |")
+                     f"{cell('bound')} | {cells} |")
     return "\n".join(lines)
 
 
@@ -217,6 +236,7 @@ def main_bench(models, impls, repeats, steps, as_json: bool, splits: Splits | No
     if as_json:
         out = {m: {k: v for k, v in r.items()} for m, r in results.items()}
         out["ratios"] = ratios(results)
+        out["ratio_ranges"] = ratio_ranges(results)
         out["machine"] = machine()
         print(json.dumps(out, indent=2))
     else:

@@ -21,7 +21,7 @@ def test_bench_json_schema(small_splits, capsys):
     assert bench.main_bench(["mlp", "cnn"], list(bench.IMPLS), repeats=2, steps={"mlp": 3, "cnn": 2},
                             as_json=True, splits=small_splits) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"mlp", "cnn", "ratios", "machine"}
+    assert set(out) == {"mlp", "cnn", "ratios", "ratio_ranges", "machine"}
     for model, names in (("mlp", {"handrolled", "flax", "keras", "bound"}), ("cnn", {"handrolled", "flax", "keras"})):
         r = out[model]
         assert set(r) == names | {"samples", "batch_size", "steps_timed", "steps_per_epoch"}
@@ -34,7 +34,19 @@ def test_bench_json_schema(small_splits, capsys):
             assert r[name] > 0
     assert set(out["ratios"]["mlp"]) == {"keras/handrolled", "keras/flax", "handrolled/bound", "flax/bound"}
     assert set(out["ratios"]["cnn"]) == {"keras/handrolled", "keras/flax"}
+    for model in ("mlp", "cnn"):
+        assert set(out["ratio_ranges"][model]) == set(out["ratios"][model])
+        for low, high in out["ratio_ranges"][model].values():
+            assert 0 < low <= high
     assert out["machine"]["cpus"] >= 1 and isinstance(out["machine"]["jax_backend"], str)
+
+
+def test_ratio_ranges_pair_the_implementations_within_each_round():
+    results = {"cnn": {"handrolled": 2.0, "keras": 3.0, "batch_size": 128,
+                       "samples": {"handrolled": [2.0, 1.0, 4.0], "keras": [3.0, 3.0, 4.0]}}}
+    # per round 1.5, 3.0, 1.0; the ratio of the medians (3.0 / 2.0) is a different number
+    assert bench.ratio_ranges(results) == {"cnn": {"keras/handrolled": [1.0, 3.0]}}
+    assert "keras/handrolled 1.50x (1.00-3.00)" in bench.table(results)
 
 
 def test_bench_table_lists_every_model(small_splits):
