@@ -17,7 +17,6 @@ import pytest
 
 import float64_reference as ref
 import parity
-from fmnist.data import DataError, load_splits
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -36,12 +35,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(scope="session")
-def splits():
+def splits(real_splits):
     """Real Fashion-MNIST, preprocessed once in NumPy: 4000 training, 1000 validation, 1000 test examples."""
-    try:
-        return load_splits(val_size=1000, train_limit=4000, test_limit=1000)
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
+    return real_splits(val_size=1000, train_limit=4000, test_limit=1000)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 
-from fmnist.data import DataError, load_splits
-
 
 @pytest.fixture
 def rng():
@@ -12,9 +10,6 @@ def rng():
 
 
 @pytest.fixture(scope="session")
-def small_splits():
+def small_splits(real_splits):
     """Real Fashion-MNIST: the first 2000 training examples, 2000 validation and 2000 test examples."""
-    try:
-        return load_splits(train_limit=2000, test_limit=2000)
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
+    return real_splits(train_limit=2000, test_limit=2000)

@@ -5,15 +5,11 @@ import json
 import pytest
 
 from fmnist import bench
-from fmnist.data import DataError, load_splits
 
 
 @pytest.fixture(scope="module")
-def small_splits():
-    try:
-        return load_splits(val_size=500, train_limit=3000, test_limit=500)
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
+def small_splits(real_splits):
+    return real_splits(val_size=500, train_limit=3000, test_limit=500)
 
 
 def test_bench_json_schema(small_splits, capsys):

@@ -16,8 +16,8 @@ from handrolled.models import from_weights
 
 
 @pytest.fixture(scope="module")
-def small_splits():
-    return data.load_splits(val_size=1000, train_limit=3000, test_limit=1000)
+def small_splits(real_splits):
+    return real_splits(val_size=1000, train_limit=3000, test_limit=1000)
 
 
 def test_post_execution_section_runs():

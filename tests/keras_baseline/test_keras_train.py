@@ -13,7 +13,6 @@ if not all(importlib.util.find_spec(m) for m in ("tensorflow", "keras")):
 
 from fmnist.callbacks import Callback, EarlyStopping, History, ProgressBar  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
-from fmnist.data import DataError, load_splits  # noqa: E402
 from fmnist.history import EPOCH_KEYS, RunResult  # noqa: E402
 from fmnist.loop import train_loader  # noqa: E402
 from fmnist.weights import check_weights, init_weights, max_abs_diff  # noqa: E402
@@ -170,11 +169,8 @@ def test_early_stopping_uses_keras_semantics(tiny_splits):
     assert same.stopped_epoch == len(result.epochs) - 1
 
 
-def test_learns_real_fashion_mnist():
-    try:
-        splits = load_splits(train_limit=2000, test_limit=1000)
-    except DataError as e:
-        pytest.skip(str(e))
+def test_learns_real_fashion_mnist(real_splits):
+    splits = real_splits(train_limit=2000, test_limit=1000)
     config = TrainConfig(model="mlp", epochs=2, batch_size=32, train_limit=2000)
     result = train.train_and_evaluate(config, splits, init_weights("mlp", config.init, config.seed))
     # Chance is 0.10. Measured: 0.766 test accuracy (0.763-0.775 for seeds 0-2), 2 epochs on 2000 examples.
