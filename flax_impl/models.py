@@ -70,9 +70,15 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 def _max_pool_2x2_fwd(x):
     n, h, w, c = x.shape
     xw = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    a, b, c_, d = xw[:, :, 0, :, 0], xw[:, :, 0, :, 1], xw[:, :, 1, :, 0], xw[:, :, 1, :, 1]
-    y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c_, d))
-    first = jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c_ == y, 2, 3))).astype(jnp.int8)
+    views = [xw[:, :, i, :, j, :] for i in range(2) for j in range(2)]  # row-major in the window
+    # A running argmax: the index comes from the comparisons that pick the max (strict >, so the
+    # first of tied values wins), not from `view == y` afterwards, which can fail in every view when
+    # XLA recomputes the fused conv + relu in two places with different rounding (see
+    # handrolled.conv._first_max).
+    y, first = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for t in range(1, 4):
+        first = jnp.where(views[t] > y, jnp.int8(t), first)
+        y = jnp.maximum(y, views[t])
     return y, (first, x.shape)
 
 

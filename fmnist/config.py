@@ -7,7 +7,9 @@ import math
 
 from fmnist import initializers, weights
 
-IMPLEMENTATIONS = ("handrolled", "flax", "keras")
+# keras-jax: the keras_baseline code on Keras 3's JAX backend, run in a subprocess (the backend is
+# fixed when Keras is first imported, and a process may already hold Keras on TensorFlow).
+IMPLEMENTATIONS = ("handrolled", "flax", "nnx", "keras", "keras-jax")
 OPTIMIZERS = ("adam", "sgd")
 ADAM_CONVENTIONS = ("keras", "paper")
 

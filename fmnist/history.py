@@ -54,7 +54,8 @@ class RunResult:
 def versions(impl: str) -> dict:
     """Versions of the packages a run of `impl` depended on."""
     names = {"handrolled": ["jax", "jaxlib"], "flax": ["jax", "jaxlib", "flax", "optax"],
-             "keras": ["tensorflow-cpu", "keras"]}.get(impl, [])
+             "nnx": ["jax", "jaxlib", "flax", "optax"], "keras": ["tensorflow-cpu", "keras"],
+             "keras-jax": ["jax", "jaxlib", "keras"]}.get(impl, [])
     found = {"python": sys.version.split()[0], "numpy": metadata.version("numpy")}
     for name in names:
         try:

@@ -18,7 +18,8 @@ from fmnist.data import Splits, load_splits
 from fmnist.history import RunResult
 from fmnist.weights import Weights, init_weights
 
-TRAIN_MODULES = {"handrolled": "handrolled.train", "flax": "flax_impl.train", "keras": "keras_baseline.train"}
+TRAIN_MODULES = {"handrolled": "handrolled.train", "flax": "flax_impl.train", "nnx": "nnx_impl.train",
+                 "keras": "keras_baseline.train", "keras-jax": "keras_baseline.jax_backend"}
 
 
 def get_trainer(impl: str):
@@ -36,9 +37,9 @@ def preflight(impls, config: TrainConfig) -> None:
     """Raise ValueError now if any of `impls` cannot run `config` (missing package, unsupported option)."""
     for impl in impls:
         get_trainer(impl)
-        if impl == "keras":  # Keras's Adam has only the epsilon-hat convention; it says so itself
-            from keras_baseline.train import make_optimizer
-            make_optimizer(config)
+        if impl in ("keras", "keras-jax"):  # Keras's Adam has only the epsilon-hat convention
+            from keras_baseline import rules
+            rules.check(config)
 
 
 def splits_for(config: TrainConfig) -> Splits:

@@ -275,12 +275,19 @@ def _pool_windows(x: jax.Array, window) -> list[jax.Array]:
 
 
 def _first_max(x, window):
+    """(max of each window, int8 row-major index of its first maximum), as one running argmax.
+
+    The index comes from the same comparisons that pick the max (`views[t] > best`, strict, so the
+    earliest of tied values wins), never from comparing `x` with the max afterwards: XLA fuses the
+    producer of `x` (the shift conv, bias and relu) into each consumer and recomputes it there, and
+    two recomputations may round differently (FMA contraction), so `views[t] == y` can be false for
+    every t of a window. Here the index always points at a maximum of the values it was chosen from.
+    """
     views = _pool_windows(x, window)
-    y = functools.reduce(jnp.maximum, views)
-    # Index (row-major in the window) of the FIRST element equal to the max: scan from the last.
-    idx = jnp.zeros(y.shape, jnp.int8)
-    for t in range(len(views) - 1, -1, -1):
-        idx = jnp.where(views[t] == y, jnp.int8(t), idx)
+    y, idx = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for t in range(1, len(views)):
+        idx = jnp.where(views[t] > y, jnp.int8(t), idx)
+        y = jnp.maximum(y, views[t])
     return y, idx
 
 

@@ -38,7 +38,7 @@ from fmnist.data import Dataloader, Splits
 from fmnist.history import RunResult
 from fmnist.loop import finish, train_loader
 from fmnist.weights import Weights
-from keras_baseline import import_keras
+from keras_baseline import import_keras, rules
 from keras_baseline.models import build_model, get_weights, set_weights
 
 keras = import_keras()
@@ -49,12 +49,8 @@ import tensorflow as tf  # noqa: E402  (already imported by keras; needed for Gr
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     """Keras's Adam or SGD with the config's hyper-parameters."""
+    rules.check(config)
     if config.optimizer == "adam":
-        if config.adam_convention != "keras":
-            raise ValueError(
-                f"Keras's Adam implements only the epsilon-hat ('keras') convention, not "
-                f"{config.adam_convention!r}; use --adam-convention keras "
-                "(TrainConfig(adam_convention='keras')) to run Keras.")
         return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.b1, beta_2=config.b2,
                                      epsilon=config.adam_eps)
     return keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
