@@ -1,19 +1,22 @@
-# Two commands do all set-up on a fresh machine (Python 3.11):
-#   make compare -> venv, pinned install, dataset, then the MLP trained three ways, side by side
+# Two commands do all set-up on a fresh machine (Python 3.11, 3.12 or 3.13):
+#   make compare -> venv, pinned install, dataset, then the MLP trained every way, side by side
 #   make test    -> the same set-up, then the whole test suite
 # Also: make train (the hand-rolled MLP alone), make parity (the parity suite alone), make bench.
-# Python 3.11 (JAX 0.11 dropped it, the pinned JAX 0.10 needs it): python3.11 if present, else python3.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   := .venv
+# The newest supported Python found wins (scripts/find-python.sh: PATH, then pyenv's installs);
+# `make test PYTHON=/path/to/python3.11` picks another. Each Python gets its own venv, .venv-3.X,
+# installed from the pins for that Python in constraints.txt (environment markers).
+PYTHON ?= $(shell sh scripts/find-python.sh)
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+VENV   := .venv-$(PYVER)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install data train compare bench test parity clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
-	  { echo "The pinned versions need Python 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
-	    "Install python3.11 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv) or run make PYTHON=/path/to/python3.11." >&2; exit 1; }
+	@case "$(PYVER)" in 3.11|3.12|3.13) ;; *) \
+	  echo "The pinned versions need Python 3.11, 3.12 or 3.13; '$(PYTHON)' is '$(PYVER)'." \
+	    "Install one (Debian/Ubuntu: apt-get install python3.12 python3.12-venv) or run make PYTHON=/path/to/python3.X." >&2; exit 1;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[keras,test]'
@@ -43,4 +46,4 @@ parity: data
 	$(BIN)/python -m pytest -q parity_tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf .venv-3.* runs .pytest_cache

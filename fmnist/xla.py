@@ -1,5 +1,5 @@
-"""XLA settings shared by the two JAX implementations and the benchmark's bound (plain data and
-one lookup: this module imports nothing, so `fmnist` stays framework-free).
+"""XLA settings shared by the JAX implementations and the benchmark's bound (plain data; JAX is
+imported only to check which compiler options the installed jaxlib accepts).
 
 COMPILER_OPTIONS is passed to every `jax.jit` of a training or evaluation step (local to those
 functions, not a process-wide flag; other backends ignore xla_cpu_* options). Two settings:
@@ -49,7 +49,30 @@ against the Python loop of single steps).
 # in the default list) are left to XLA's multi-threaded kernels.
 YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": YNN_FUSION_TYPES}
+# What the fast path asks for. Both names exist, and act the same, in jaxlib 0.10.2 and 0.12.0.1
+# (tests/fmnist/test_xla.py checks it for the installed one); `xla_cpu_*` options are experimental
+# and a later jaxlib may drop or rename them, and an unknown name makes every compile fail
+# ("No such compile option"), so COMPILER_OPTIONS keeps only those the installed jaxlib accepts.
+WANTED_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": YNN_FUSION_TYPES}
+
+
+def accepted_options(options: dict) -> dict:
+    """The entries of `options` that the installed jaxlib accepts, each tried on a one-op compile."""
+    import jax  # here, not at the top: `fmnist` stays importable without JAX
+    import numpy as np
+
+    def accepted(name, value):
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(np.float32(0)).compile()
+            return True
+        except Exception as e:  # jaxlib raises JaxRuntimeError; match its message, not the type
+            if "No such compile option" in str(e) or "INVALID_ARGUMENT" in str(e):
+                return False
+            raise
+    return {k: v for k, v in options.items() if accepted(k, v)}
+
+
+COMPILER_OPTIONS = accepted_options(WANTED_OPTIONS)
 SCAN_UNROLL = 2
 
 # Whether `make_run_steps` scans the K steps of a call (True) or loops over single jitted steps

@@ -247,3 +247,89 @@ def train_adam(weights, x, y, batches, lr, b1=0.9, b2=0.999, eps=1e-7, conventio
         if t in snapshots:
             saved[t] = {layer: {k: a.copy() for k, a in p.items()} for layer, p in w.items()}
     return np.array(losses), saved
+
+
+# --------------------------------------------------------------------------- the shared inputs
+
+def read_idx(path) -> np.ndarray:
+    """An IDX file (gzip-compressed) as a NumPy array, from its header as the format defines it:
+    two zero bytes, a type code (0x08 = uint8), the number of dimensions, then each dimension as a
+    big-endian uint32, then the data in row-major order."""
+    import gzip
+
+    raw = gzip.decompress(open(path, "rb").read())
+    assert raw[0] == 0 and raw[1] == 0 and raw[2] == 0x08, f"{path}: not an IDX uint8 file"
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    assert data.size == int(np.prod(shape)), f"{path}: {data.size} bytes for shape {shape}"
+    return data.reshape(shape)
+
+
+def pixels(images_uint8) -> np.ndarray:
+    """uint8 (N, 28, 28) -> (N, 28, 28, 1) float32 of the exact quotient u / 255, rounded once to
+    float32 (computed in float64, which holds u / 255 to 53 bits, then rounded)."""
+    return (f64(images_uint8) / 255.0).astype(np.float32)[..., None]
+
+
+def splits(directory, val_size, split_seed, train_limit=None, test_limit=None):
+    """(x_train, y_train, x_val, y_val, x_test, y_test) as the project documents them: validation =
+    the first `val_size` of `default_rng(split_seed).permutation(60000)` of the training files,
+    training = the rest, in that order; then the first `train_limit` training and the first
+    `test_limit` validation and test examples."""
+    from pathlib import Path
+
+    d = Path(directory)
+    x, y = read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz")
+    xt, yt = read_idx(d / "t10k-images-idx3-ubyte.gz"), read_idx(d / "t10k-labels-idx1-ubyte.gz")
+    order = np.random.default_rng(split_seed).permutation(len(x))
+    val, train = order[:val_size], order[val_size:][:train_limit]
+    return (pixels(x[train]), y[train].astype(np.int32), pixels(x[val][:test_limit]),
+            y[val][:test_limit].astype(np.int32), pixels(xt[:test_limit]), yt[:test_limit].astype(np.int32))
+
+
+def batch_order(n, batch_size, seed, epoch) -> list[np.ndarray]:
+    """Epoch `epoch`'s batches: `default_rng([seed, epoch]).permutation(n)` cut into runs of
+    `batch_size`, the last one partial when `batch_size` does not divide n."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+# --------------------------------------------------------------------------- a whole run's history
+
+def evaluate(weights, x, y):
+    """(mean cross-entropy, accuracy) over every example, in float64."""
+    z = forward(weights, x)[0]
+    return float(np.mean(sparse_xent_logits(y, z))), float(np.mean(np.argmax(z, axis=-1) == y))
+
+
+def train_history(weights, data, epochs, batch_size, seed, optimizer, lr, b1=0.9, b2=0.999, eps=1e-7):
+    """Train in float64 and keep Keras's books: per epoch, the training loss and accuracy are means
+    over the epoch's examples of each batch's values *before* its update (a batch of n examples
+    counts n times); validation after each epoch; test at the end. `optimizer` is "sgd"
+    (theta -= lr * g) or "adam" (Keras's epsilon-hat form, `adam_step`).
+
+    `data` = (x_train, y_train, x_val, y_val, x_test, y_test). Returns (rows, test_loss, test_accuracy).
+    """
+    x, y, xv, yv, xt, yt = data
+    w = _w(weights)
+    m = {layer: {k: np.zeros_like(a) for k, a in p.items()} for layer, p in w.items()}
+    v = {layer: {k: np.zeros_like(a) for k, a in p.items()} for layer, p in w.items()}
+    rows, t = [], 0
+    for epoch in range(epochs):
+        loss_sum = correct = seen = 0.0
+        for idx in batch_order(len(x), batch_size, seed, epoch):
+            correct += float(np.sum(np.argmax(forward(w, x[idx])[0], axis=-1) == y[idx]))
+            loss, grads = loss_and_grads(w, x[idx], y[idx])
+            loss_sum, seen, t = loss_sum + loss * len(idx), seen + len(idx), t + 1
+            for layer in w:
+                for k in w[layer]:
+                    if optimizer == "sgd":
+                        w[layer][k] = w[layer][k] - lr * grads[layer][k]
+                    else:
+                        w[layer][k], m[layer][k], v[layer][k] = adam_step(
+                            w[layer][k], m[layer][k], v[layer][k], grads[layer][k], t, lr, b1, b2, eps, "keras")
+        val_loss, val_accuracy = evaluate(w, xv, yv)
+        rows.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
+                     "val_loss": val_loss, "val_accuracy": val_accuracy})
+    return rows, *evaluate(w, xt, yt)

@@ -105,3 +105,12 @@ def test_the_mlp_programs_do_not_change():
         texts = [compiled_text(fn, options, *args) for options in (DEFAULT_YNN, COMPILER_OPTIONS)]
         assert ynn_fusion_ops(texts[0]) == {"dot", "reduce"}
         assert texts[0] == texts[1]
+
+
+def test_every_wanted_option_is_in_force():
+    """The pinned jaxlibs (0.10.2 on Python 3.11, 0.12.0.1 on 3.12+) accept both options, so none
+    is silently dropped; a jaxlib that renames one fails here, by name, not in every compile."""
+    from fmnist.xla import WANTED_OPTIONS, accepted_options
+
+    assert COMPILER_OPTIONS == WANTED_OPTIONS, f"dropped by jaxlib {jax.__version__}: {set(WANTED_OPTIONS) - set(COMPILER_OPTIONS)}"
+    assert accepted_options({"xla_cpu_no_such_option": 1}) == {}
