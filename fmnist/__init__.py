@@ -1,1 +1,1 @@
-"""Shared core of the three implementations: data, canonical weights, metrics, progress, CLI."""
+"""Shared core of the implementations: data, canonical weights, metrics, progress, CLI."""

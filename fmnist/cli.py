@@ -84,7 +84,8 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fmnist", description="Fashion-MNIST three ways: hand-rolled JAX, Flax/Optax, Keras.")
+        prog="fmnist", description="Fashion-MNIST trained several ways: hand-rolled JAX, Flax linen and NNX with Optax, "
+                    "Keras on TensorFlow and on JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one implementation and evaluate it on the test set",
@@ -94,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(train)
     train.add_argument("--out", type=Path, default=None, help="output directory (default runs/IMPL-MODEL)")
 
-    compare = sub.add_parser("compare", help="train all three from the same weights and batch order",
+    compare = sub.add_parser("compare", help="train every implementation from the same weights and batch order",
                              description="Train every implementation from the same canonical weights "
                                          "and batch order; write report.json, report.md and curves.png.")
     add_train_flags(compare)
-    compare.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
-                         help="which implementations to compare (default: all three)")
+    compare.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=None,
+                         help="which implementations to compare (default: every one whose packages "
+                              "are installed)")
     compare.add_argument("--out", type=Path, default=None, help="output directory (default runs/compare-MODEL)")
 
     bench = sub.add_parser("bench", help="seconds per epoch of each implementation, side by side",
@@ -145,7 +147,9 @@ def cmd_compare(args) -> int:
     from fmnist.data import load_splits
 
     config = config_from(args)
-    impls = list(dict.fromkeys(args.impls))  # each once, in the order given
+    from fmnist.runner import installed_impls
+
+    impls = list(dict.fromkeys(args.impls or installed_impls()))  # each once, in the order given
     out = output_dir(args.out or Path("runs") / f"compare-{config.model}")
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
     report = compare(config, splits, out, impls, stream=sys.stdout)

@@ -1,12 +1,12 @@
-"""`fmnist compare`: train all three implementations from the same weights and batch order, side by side.
+"""`fmnist compare`: train every implementation from the same weights and batch order, side by side.
 
 Writes into the output directory:
-  report.json  {"config": ..., "handrolled": RUN, "flax": RUN, "keras": RUN, "differences": {...}}
+  report.json  {"config": ..., "handrolled": RUN, "flax": RUN, ..., "differences": {...}}
                RUN = {"epochs": [...train schema rows...], "test_loss", "test_accuracy",
                       "seconds_per_epoch"}; differences = per pair, the largest |a - b| of each metric
                over the epochs, of the test results, and of the final parameters.
   report.md    the per-epoch table a person reads
-  curves.png   the three implementations' curves overlaid, and their pairwise differences (log scale)
+  curves.png   the implementations' curves overlaid, and each one's difference from the first (log scale)
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-
-import numpy as np
 
 from fmnist import runner
 from fmnist.callbacks import ProgressBar
@@ -121,15 +119,3 @@ def compare(config: TrainConfig, splits: Splits, out_dir: str | Path, impls=IMPL
     from fmnist.plots import plot_comparison
     plot_comparison(report, out / "curves.png")
     return report
-
-
-def pairwise_epoch_differences(report: dict, metric: str) -> dict[str, np.ndarray]:
-    """|a - b| per epoch of one metric, for each pair of implementations in the report."""
-    impls = [i for i in IMPLEMENTATIONS if i in report]
-    out = {}
-    for a, b in itertools.combinations(impls, 2):
-        xa = np.array([r[metric] for r in report[a]["epochs"]])
-        xb = np.array([r[metric] for r in report[b]["epochs"]])
-        n = min(len(xa), len(xb))
-        out[f"{a}-{b}"] = np.abs(xa[:n] - xb[:n])
-    return out

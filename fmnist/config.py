@@ -1,4 +1,4 @@
-"""What a training run is: one `TrainConfig`, shared by all three implementations and the CLI."""
+"""What a training run is: one `TrainConfig`, shared by every implementation and the CLI."""
 
 from __future__ import annotations
 

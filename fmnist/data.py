@@ -1,4 +1,4 @@
-"""Fashion-MNIST, offline and verified, plus the batch order all three implementations share.
+"""Fashion-MNIST, offline and verified, plus the batch order every implementation shares.
 
 `load_data()` returns exactly what `keras.datasets.fashion_mnist.load_data()` returns, but it reads
 the four IDX files from disk itself and never downloads. Every file's *decoded* bytes are checked

@@ -1,4 +1,4 @@
-"""Training curves as pictures: one run (`plot_history`) or three overlaid (`plot_comparison`)."""
+"""Training curves as pictures: one run (`plot_history`) or several overlaid (`plot_comparison`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-COLORS = {"handrolled": "tab:blue", "flax": "tab:orange", "keras": "tab:green"}
+from fmnist.config import IMPLEMENTATIONS
+
+COLORS = {"handrolled": "tab:blue", "flax": "tab:orange", "nnx": "tab:red", "keras": "tab:green",
+          "keras-jax": "tab:purple"}
 
 
 def _curves(ax, history: dict, key: str, label: str, color=None, **style):
@@ -45,19 +48,33 @@ def plot_history(history: dict, path: str | Path) -> Path:
 
 STYLES = {"handrolled": dict(linestyle="-", linewidth=3.5, alpha=0.45),
           "flax": dict(linestyle="-", linewidth=1.8, marker="o", markersize=4),
-          "keras": dict(linestyle=":", linewidth=2.0, marker="x", markersize=7)}
+          "nnx": dict(linestyle="--", linewidth=1.2, marker="s", markersize=3, fillstyle="none"),
+          "keras": dict(linestyle=":", linewidth=2.0, marker="x", markersize=7),
+          "keras-jax": dict(linestyle="-.", linewidth=1.4, marker="^", markersize=5, fillstyle="none")}
+
+
+def differences_from(report: dict, base: str, metric: str) -> dict[str, np.ndarray]:
+    """|impl - base| per epoch of one metric, for every other implementation in the report."""
+    out = {}
+    xb = np.array([r[metric] for r in report[base]["epochs"]])
+    for impl in IMPLEMENTATIONS:
+        if impl in report and impl != base:
+            xa = np.array([r[metric] for r in report[impl]["epochs"]])
+            n = min(len(xa), len(xb))
+            out[impl] = np.abs(xa[:n] - xb[:n])
+    return out
 
 
 def plot_comparison(report: dict, path: str | Path) -> Path:
     """Three panels: loss and accuracy of every implementation overlaid (train solid markers,
-    validation in a lighter shade), and the pairwise |differences| of the epoch metrics on a log scale.
+    validation in a lighter shade), and each implementation's |difference| from the first one
+    (hand-rolled when it ran) per epoch metric, on a log scale.
 
     Drawn so that curves lying exactly on each other stay distinguishable: a wide translucent band
-    (hand-rolled), a thin line with dots (Flax), and a dotted line with crosses (Keras).
+    (hand-rolled), a thin line with dots (Flax), dashes with open squares (NNX), a dotted line with
+    crosses (Keras), dash-dots with open triangles (Keras on JAX).
     """
-    from fmnist.compare import pairwise_epoch_differences  # avoid an import cycle at module load
-
-    impls = [i for i in ("handrolled", "flax", "keras") if i in report]
+    impls = [i for i in IMPLEMENTATIONS if i in report]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, metric in zip(axes[:2], ("loss", "accuracy")):
         for impl in impls:
@@ -74,17 +91,17 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[2]
-    pair_colors = {"handrolled-flax": "tab:purple", "handrolled-keras": "tab:cyan", "flax-keras": "tab:olive"}
+    base = impls[0]
     floor = 1e-12  # exact agreement (0) has no logarithm: it is drawn on this line, labelled "identical"
     for metric, style in (("loss", "-"), ("val_loss", "--"), ("val_accuracy", ":")):
-        if metric not in report[impls[0]]["epochs"][0]:
+        if metric not in report[base]["epochs"][0]:
             continue
-        for pair, diff in pairwise_epoch_differences(report, metric).items():
+        for impl, diff in differences_from(report, base, metric).items():
             ax.semilogy(range(1, len(diff) + 1), np.maximum(diff, floor), linestyle=style, marker="o",
-                        markersize=3, color=pair_colors.get(pair), label=f"{pair}: {metric}")
+                        markersize=3, color=COLORS[impl], label=f"{impl}: {metric}")
     ax.axhline(floor, color="gray", linewidth=0.6)
     ax.text(1, floor * 2, "identical", fontsize=8, color="gray")
-    ax.set_title("|difference| between implementations")
+    ax.set_title(f"|difference| from {base}")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(floor / 3, 1.0)

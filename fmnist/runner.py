@@ -12,6 +12,7 @@ imported only when `impl == "keras"` (it costs seconds at start-up and is absent
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from fmnist.config import IMPLEMENTATIONS, TrainConfig
 from fmnist.data import Splits, load_splits
@@ -31,6 +32,16 @@ def get_trainer(impl: str):
     except ImportError as e:
         raise ValueError(f"--impl {impl} needs {e.name or 'a package'} ({e}); install the project with "
                          "`pip install -c constraints.txt -e '.[keras,test]'` (what `make` does)") from None
+
+
+# The packages each implementation imports (what `installed_impls` looks for).
+NEEDS = {"handrolled": ["jax"], "flax": ["jax", "flax", "optax"], "nnx": ["jax", "flax", "optax"],
+         "keras": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"]}
+
+
+def installed_impls() -> list[str]:
+    """The implementations whose packages are installed, in the canonical order (nothing imported)."""
+    return [impl for impl in IMPLEMENTATIONS if all(importlib.util.find_spec(m) for m in NEEDS[impl])]
 
 
 def preflight(impls, config: TrainConfig) -> None:
