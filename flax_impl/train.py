@@ -199,15 +199,21 @@ def evaluate(state_or_params, x: np.ndarray, y: np.ndarray, batch_size: int = 10
 # --------------------------------------------------------------------------- the whole run
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
-                       callbacks=()) -> RunResult:
-    """Train `config.model` from `initial_weights` on `splits`, test it, return a `RunResult`."""
+                       callbacks=(), checkpoint_dir=None) -> RunResult:
+    """Train `config.model` from `initial_weights` on `splits`, test it, return a `RunResult`.
+
+    With `checkpoint_dir` the run resumes from, and saves every epoch to, that directory (Orbax):
+    the TrainState's arrays (step, params, opt_state; apply_fn and tx are code, rebuilt from config).
+    """
     check_weights(config.model, initial_weights)
     model = get_model(config.model)
     state = create_train_state(model, weights_to_params(initial_weights), make_optimizer(config))
     run_steps = make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
     evaluate_fn = functools.partial(evaluate, batch_size=config.eval_batch_size)
     callbacks = CallbackList(callbacks)
-    state, rows = fit(config, splits, state, run_steps, evaluate_fn, callbacks)
+    state, rows = fit(config, splits, state, run_steps, evaluate_fn, callbacks, checkpoint_dir,
+                      to_saved=lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state},
+                      from_saved=lambda s, saved: s.replace(**saved))
     test_loss, test_accuracy = evaluate_fn(state, splits.x_test, splits.y_test)
     finish(callbacks, test_loss, test_accuracy)
     return RunResult(impl=IMPL, config=config, epochs=rows, test_loss=test_loss,

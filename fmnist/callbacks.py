@@ -123,6 +123,11 @@ class EarlyStopping(Callback):
     def on_train_begin(self, config):
         self.best, self.wait, self.stopped_epoch, self.stop_training = math.inf, 0, None, False
 
+    def replay(self, rows) -> None:
+        """Count the epochs of a resumed run's earlier rows, as if it had never stopped."""
+        for epoch, row in enumerate(rows):
+            self.on_epoch_end(epoch, row)
+
     def on_epoch_end(self, epoch, logs):
         value = self.mode * logs[self.monitor]
         if value < self.best - self.min_delta:

@@ -12,10 +12,9 @@ Writes into the output directory:
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
-from fmnist import runner
+from fmnist import jsonio, runner
 from fmnist.callbacks import ProgressBar
 from fmnist.config import IMPLEMENTATIONS, TrainConfig
 from fmnist.data import Splits
@@ -114,7 +113,7 @@ def compare(config: TrainConfig, splits: Splits, out_dir: str | Path, impls=IMPL
     report = build_report(config, results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    jsonio.write_json(out / "report.json", report)
     write_markdown(report, out / "report.md")
     from fmnist.plots import plot_comparison
     plot_comparison(report, out / "curves.png")

@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     steps_per_call: int = 100      # JAX fast path: training steps compiled into one call
     early_stopping_patience: int | None = None
+    terminate_on_nan: bool = True  # stop at the first non-finite training loss, as keras.callbacks.TerminateOnNaN
 
     def __post_init__(self):
         weights.check_model_name(self.model)

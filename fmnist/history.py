@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 from importlib import metadata
 from pathlib import Path
 
+from fmnist import jsonio
 from fmnist.config import TrainConfig
 from fmnist.weights import Weights, save_weights
 
@@ -70,7 +70,7 @@ def save_run(result: RunResult, out_dir: str | Path, plot: bool = True) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"history": out / "history.json", "weights": out / "weights.npz"}
-    paths["history"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    jsonio.write_json(paths["history"], {**result.to_json(), "status": "finished"})
     save_weights(paths["weights"], result.weights)
     if plot:
         from fmnist.plots import plot_history

@@ -15,6 +15,12 @@ same thing everywhere: the batch order (`fmnist.data.Dataloader`), the running m
 The epoch's full batches are cut into calls of `config.steps_per_call` steps; the remainder and the
 partial last batch (when the set size is not a multiple of B) each go in a call of their own, so
 every example of the epoch is used once, as in Keras's `fit`.
+
+Runs that survive: given a checkpoint directory, `fit` first restores the last epoch saved there
+(`fmnist.checkpoints.Checkpointer`, Orbax) (state and history rows) and continues from the next epoch; after every epoch it saves
+the state and the rows. Epoch e's batches depend only on (seed, e), so a resumed run computes
+exactly what the uninterrupted one would have. A non-finite training loss raises `NonFiniteLoss`
+(unless `config.terminate_on_nan` is off), as Keras's `TerminateOnNaN` stops `fit`.
 """
 
 from __future__ import annotations
@@ -52,27 +58,53 @@ def step_groups(batches: list[np.ndarray], steps_per_call: int) -> list[np.ndarr
     return groups
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Training stopped at the first NaN or infinite batch loss (`epoch` and `step` are 1-based)."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"training loss is {loss} at epoch {epoch}, step {step}: stopped "
+                         "(the learning rate may be too high; --no-terminate-on-nan trains on)")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def check_finite(losses: np.ndarray, epoch: int, steps_before: int) -> None:
+    """Raise NonFiniteLoss for the first non-finite entry of one call's batch `losses`."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise NonFiniteLoss(epoch + 1, steps_before + int(bad[0]) + 1, float(losses[bad[0]]))
+
+
 def run_epochs(state, epochs: int, groups_of_epoch: Callable[[int], Iterable[Any]],
                steps_per_epoch: int, run_steps: Callable, count_of: Callable[[Any], int],
                validate: Callable[[Any], tuple[float, float]] | None = None,
-               callbacks: list[Callback] | CallbackList = (), config=None):
+               callbacks: list[Callback] | CallbackList = (), config=None, done_rows=(),
+               save: Callable[[int, Any, list], None] | None = None, terminate_on_nan: bool = True):
     """The loop itself: epochs of step groups, running means, validation, callbacks, history rows.
 
     `groups_of_epoch(e)` yields what `run_steps(state, group) -> (state, losses, corrects)` takes;
     `count_of(group)` is the number of examples in a group (each step's loss is a batch mean).
     `validate(state) -> (val_loss, val_accuracy)` runs after every epoch when given.
-    Returns (state, rows), one row per epoch run.
+    `done_rows` are the rows of epochs already trained (a resumed run starts after them);
+    `save(epoch, state, rows)` runs after every epoch, before the callbacks hear of it.
+    Returns (state, rows), one row per epoch, `done_rows` included.
     """
     callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
-    rows = []
+    rows = list(done_rows)
     callbacks.on_train_begin(config if config is not None else _Epochs(epochs))
-    for epoch in range(epochs):
+    for cb in callbacks.callbacks:  # e.g. EarlyStopping's patience count, as if never interrupted
+        if hasattr(cb, "replay"):
+            cb.replay(rows)
+    for epoch in range(len(rows), epochs):
+        if callbacks.stop_training:
+            break
         start = time.perf_counter()
         callbacks.on_epoch_begin(epoch, steps_per_epoch)
         running, done = RunningMean(), 0
         for group in groups_of_epoch(epoch):
             state, losses, corrects = run_steps(state, group)
             losses, corrects = np.atleast_1d(np.asarray(losses, np.float64)), np.atleast_1d(np.asarray(corrects))
+            if terminate_on_nan:
+                check_finite(losses, epoch, done)
             count = count_of(group)
             running.update(float(np.sum(losses)) * count / len(losses), int(np.sum(corrects)), count)
             done += len(losses)
@@ -82,9 +114,9 @@ def run_epochs(state, epochs: int, groups_of_epoch: Callable[[int], Iterable[Any
             row["val_loss"], row["val_accuracy"] = (float(v) for v in validate(state))
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+        if save is not None:
+            save(epoch + 1, state, rows)
         callbacks.on_epoch_end(epoch, row)
-        if callbacks.stop_training:
-            break
     return state, rows
 
 
@@ -96,11 +128,34 @@ class _Epochs:
 
 
 def fit(config: TrainConfig, splits: Splits, state, run_steps: RunSteps, evaluate: Evaluate,
-        callbacks: list[Callback] | CallbackList = ()):
+        callbacks: list[Callback] | CallbackList = (), checkpoint_dir=None, to_saved=None, from_saved=None):
     """Train on `splits` for `config.epochs` epochs in the shared batch order; return (state, rows).
 
     Each call of `run_steps` gets a (K, B) index array into `splits.x_train`, K <= steps_per_call.
+    With `checkpoint_dir`, training resumes after the last epoch saved there and saves after every
+    epoch (`fmnist.checkpoints.Checkpointer`); `to_saved(state)` is the pytree of arrays saved
+    (default: the state itself) and `from_saved(state, saved)` puts a restored one back.
     """
+    if checkpoint_dir is None:
+        return _fit(config, splits, state, run_steps, evaluate, callbacks)
+    from fmnist.checkpoints import Checkpointer
+
+    to_saved = to_saved or (lambda s: s)
+    from_saved = from_saved or (lambda s, saved: saved)
+    checkpoint = Checkpointer(checkpoint_dir)
+    try:
+        done_rows = []
+        restored = checkpoint.restore(like=to_saved(state))
+        if restored is not None:
+            saved, _, done_rows = restored
+            state = from_saved(state, saved)
+        return _fit(config, splits, state, run_steps, evaluate, callbacks, done_rows,
+                    save=lambda epoch, state, rows: checkpoint.save(epoch, to_saved(state), rows))
+    finally:  # also on Ctrl-C or a non-finite loss: the last epoch's save completes
+        checkpoint.close()
+
+
+def _fit(config, splits, state, run_steps, evaluate, callbacks, done_rows=(), save=None):
     loader = train_loader(config, splits)
     validate = None
     if len(splits.x_val):
@@ -113,7 +168,8 @@ def fit(config: TrainConfig, splits: Splits, state, run_steps: RunSteps, evaluat
         state, config.epochs,
         groups_of_epoch=lambda e: step_groups(loader.batch_indices(e), config.steps_per_call),
         steps_per_epoch=len(loader), run_steps=run_steps, count_of=lambda group: group.size,
-        validate=validate, callbacks=callbacks, config=config)
+        validate=validate, callbacks=callbacks, config=config, done_rows=done_rows, save=save,
+        terminate_on_nan=config.terminate_on_nan)
 
 
 def finish(callbacks, test_loss: float, test_accuracy: float) -> dict:

@@ -78,10 +78,16 @@ def to_numpy(weights) -> Weights:
 
 
 def save_weights(path: str | os.PathLike, weights: Weights) -> Path:
-    """Write weights to an .npz file with keys "layer/kernel", "layer/bias" (order preserved)."""
+    """Write weights to an .npz file with keys "layer/kernel", "layer/bias" (order preserved),
+    atomically: into a temporary file beside it, then renamed over `path`."""
     path = Path(path)
     flat = {f"{layer}/{k}": np.asarray(v) for layer, params in weights.items() for k, v in params.items()}
-    np.savez(path, **flat)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **flat)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return path
 
 

@@ -147,14 +147,18 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 10
 
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
-                       callbacks=()) -> RunResult:
-    """Train the hand-rolled `config.model` from `initial_weights`, validate every epoch, test at the end."""
+                       callbacks=(), checkpoint_dir=None) -> RunResult:
+    """Train the hand-rolled `config.model` from `initial_weights`, validate every epoch, test at the end.
+
+    With `checkpoint_dir` the run resumes from, and saves every epoch to, that directory (Orbax).
+    """
     model = from_weights(config.model, initial_weights)
     optimizer = make_optimizer(config)
     run_steps = make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config.model))
     evaluate_fn = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
     callbacks = CallbackList(callbacks)
-    (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn, callbacks)
+    (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn, callbacks,
+                                checkpoint_dir)
     test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
     loop.finish(callbacks, test_loss, test_accuracy)
     return RunResult(impl="handrolled", config=config, epochs=rows, test_loss=test_loss,

@@ -1,0 +1,209 @@
+"""Runs that survive: per-epoch checkpoints, bit-exact resume, stop on a non-finite loss, strict
+JSON, the run-directory lock; and property-based tests of what parses files (hypothesis)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fmnist import jsonio
+from fmnist.callbacks import Callback
+from fmnist.config import TrainConfig
+from fmnist.data import DataError, IdxFile, read_idx
+from fmnist.loop import NonFiniteLoss
+from fmnist.rundir import RunDirError, RunLock, read_run_meta, write_run_meta
+from fmnist.weights import init_weights
+
+SMALL = dict(val_size=300, train_limit=1000, test_limit=300)
+# The resume tests train every model three times (whole, interrupted, resumed): kept small.
+RESUME = {"mlp": (dict(val_size=200, train_limit=600, test_limit=200), 3, 2),   # sizes, epochs, stop after
+          "cnn": (dict(val_size=100, train_limit=200, test_limit=100), 2, 1)}
+
+
+def strict_loads(text: str):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def small(real_splits):
+    return real_splits(**SMALL)
+
+
+def config(model="mlp", **kw):
+    return TrainConfig(model=model, val_size=SMALL["val_size"], train_limit=SMALL["train_limit"], **kw)
+
+
+class InterruptAfter(Callback):
+    """Ctrl-C arriving just after epoch `epoch` (1-based) has finished."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def trainer(impl):
+    import importlib
+
+    return importlib.import_module({"handrolled": "handrolled.train", "flax": "flax_impl.train",
+                                    "nnx": "nnx_impl.train"}[impl]).train_and_evaluate
+
+
+def without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+JAX_IMPLS = ["handrolled", "flax", "nnx"]
+
+
+# Every JAX implementation on the MLP; the CNN (slow to compile three times) in the hand-rolled
+# one, which shares the loop and the checkpointing with the others (fmnist.loop.fit).
+@pytest.mark.parametrize("impl, model", [("handrolled", "mlp"), ("flax", "mlp"), ("nnx", "mlp"), ("handrolled", "cnn")])
+def test_resume_equals_uninterrupted_bit_for_bit(impl, model, real_splits, tmp_path):
+    sizes, epochs, stop_after = RESUME[model]
+    splits = real_splits(**sizes)
+    cfg = TrainConfig(model=model, epochs=epochs, val_size=sizes["val_size"], train_limit=sizes["train_limit"])
+    train = trainer(impl)
+    weights = init_weights(model)
+    whole = train(cfg, splits, weights)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, splits, weights, [InterruptAfter(stop_after)], checkpoint_dir=tmp_path / "checkpoint")
+    resumed = train(cfg, splits, weights, [], checkpoint_dir=tmp_path / "checkpoint")
+    assert without_seconds(resumed.epochs) == without_seconds(whole.epochs)
+    assert (resumed.test_loss, resumed.test_accuracy) == (whole.test_loss, whole.test_accuracy)
+    for layer in whole.weights:
+        for kind in ("kernel", "bias"):
+            assert np.array_equal(resumed.weights[layer][kind], whole.weights[layer][kind]), (layer, kind)
+
+
+@pytest.mark.parametrize("impl", JAX_IMPLS)
+def test_a_non_finite_loss_stops_training_at_its_step(impl, small):
+    cfg = config("mlp", epochs=2, optimizer="sgd", lr=1e30)
+    with pytest.raises(NonFiniteLoss) as stopped:
+        trainer(impl)(cfg, small, init_weights("mlp"))
+    assert stopped.value.epoch == 1 and stopped.value.step >= 2  # step 1's loss is finite (pre-update)
+    assert "epoch 1, step" in str(stopped.value)
+    trained_on = trainer(impl)(TrainConfig(**{**cfg.to_dict(), "terminate_on_nan": False, "epochs": 1}),
+                               small, init_weights("mlp"))
+    assert math.isnan(trained_on.epochs[0]["loss"])
+
+
+def test_strict_json_has_no_nan_tokens():
+    text = jsonio.dumps({"loss": float("nan"), "rows": [{"a": float("inf")}, (1.5, -float("inf"))],
+                         "n": np.float32(0.25)})
+    assert strict_loads(text) == {"loss": None, "rows": [{"a": None}, [1.5, None]], "n": 0.25}
+
+
+def test_the_lock_refuses_a_second_run(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunDirError, match="in use by a run in progress"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):  # released
+        pass
+
+
+# ----------------------------------------------------------------------- property-based tests
+
+SPEC = IdxFile("x.gz", 0x0803, (3, 2, 2), sha256="")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=64))
+def test_idx_parsing_of_any_bytes_is_a_data_error_or_the_array(tmp_path, raw):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(raw))
+    try:
+        out = read_idx(path, SPEC, verify=False)
+    except DataError:
+        return
+    assert raw[:4] == bytes([0, 0, 8, 3]) and len(raw) == 16 + 12 and out.shape == (3, 2, 2)
+    assert out.tobytes() == raw[16:]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=64))
+def test_a_damaged_gzip_stream_is_a_data_error(tmp_path, raw):
+    path = tmp_path / "x.gz"
+    path.write_bytes(raw)
+    with pytest.raises(DataError):
+        read_idx(path, SPEC, verify=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 255), min_size=12, max_size=12), st.sampled_from([0, 1, 5]))
+def test_well_formed_idx_round_trips(tmp_path_factory, pixels, cut):
+    payload = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (3, 2, 2)) + bytes(pixels)
+    path = tmp_path_factory.mktemp("idx") / "x.gz"
+    path.write_bytes(gzip.compress(payload[:len(payload) - cut]))
+    if cut:
+        with pytest.raises(DataError, match="truncated"):
+            read_idx(path, SPEC, verify=False)
+    else:
+        assert read_idx(path, SPEC, verify=False).ravel().tolist() == pixels
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=80).map(lambda b: b.decode("latin-1")),
+                 st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+                              lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                              max_leaves=8).map(json.dumps)))
+def test_run_json_of_any_content_reads_or_is_refused_in_one_line(tmp_path, text):
+    (tmp_path / "run.json").write_text(text)
+    try:
+        impl, cfg = read_run_meta(tmp_path)
+    except RunDirError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(cfg, TrainConfig) and isinstance(impl, str)
+
+
+def test_run_json_round_trips(tmp_path):
+    cfg = config("cnn", epochs=4, lr=3e-4)
+    write_run_meta(tmp_path, "flax", cfg)
+    assert read_run_meta(tmp_path) == ("flax", cfg)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path_factory, data):
+    """Overwrite one file of a real checkpoint with arbitrary bytes: restoring either still gives
+    the saved state (the byte change hit nothing that is read) or raises CheckpointError."""
+    import jax
+
+    from fmnist.checkpoints import CheckpointError, Checkpointer
+    from handrolled import train as ht
+    from handrolled.models import from_weights
+
+    directory = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    model = from_weights("mlp", init_weights("mlp"))
+    optimizer = ht.make_optimizer(TrainConfig())
+    state = (model, optimizer.init(model))
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, state, [{"epoch": 1, "loss": 1.0}])
+    ckpt.close()
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    victim = files[data.draw(st.integers(0, 10**6)) % len(files)]  # file names vary from run to run
+    victim.write_bytes(data.draw(st.binary(max_size=200)))
+    ckpt = Checkpointer(directory)
+    try:
+        restored = ckpt.restore(like=state)
+    except CheckpointError as e:
+        assert "\n" not in str(e)
+        return
+    finally:
+        ckpt.close()
+    if restored is not None:
+        leaves = jax.tree.leaves(restored[0])
+        assert all(np.array_equal(a, b) for a, b in zip(leaves, jax.tree.leaves(state)))
