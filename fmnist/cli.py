@@ -1,4 +1,4 @@
-"""The `fmnist` command: `train`, `compare`, `bench` and `data`.
+"""The `fmnist` command: `train`, `compare`, `bench`, `evaluate` and `data`.
 
 Flags only live here; everything they drive is a library function that tests import directly.
 Bad input ends with a one-line reason and exit status 2, never a traceback.
@@ -116,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bench.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
 
+    evaluate = sub.add_parser(
+        "evaluate", help="a run's weights on the full test set, in any implementation",
+        description="Load RUN_DIR/weights.npz (canonical weights, whichever implementation trained "
+                    "them) into --impl, run it on the 10,000 test images, print test loss and accuracy, "
+                    "and write evaluation.json, confusion_matrix.png and predictions.png into --out. "
+                    "The same weights must predict the same classes in every implementation: by default "
+                    "the predictions are also computed by the other installed in-process JAX "
+                    "implementations (handrolled, flax, nnx; a compile and a forward pass each), and the "
+                    "number of the 10,000 predictions that differ between each pair is printed and "
+                    "written to evaluation.json (\"disagreements\", with the largest |logit difference|).")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                          help="a directory written by `fmnist train` (weights.npz; history.json optional)")
+    evaluate.add_argument("--impl", choices=IMPLEMENTATIONS, default=None,
+                          help="which implementation computes the predictions (default: the one that "
+                               "trained the run, from RUN_DIR/history.json, else handrolled)")
+    evaluate.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR)")
+    evaluate.add_argument("--compare-impls", nargs="*", choices=IMPLEMENTATIONS, default=None, metavar="IMPL",
+                          help="compare the predictions with these implementations instead; with no "
+                               "names, every installed one (keras imports TensorFlow, keras-jax starts "
+                               f"a child process); put RUN_DIR before it. Choices: {', '.join(IMPLEMENTATIONS)}")
+    evaluate.add_argument("--no-compare", action="store_true", help="compute the predictions with --impl only")
+    evaluate.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
+
     data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
     data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
     return parser
@@ -170,6 +193,23 @@ def cmd_bench(args) -> int:
                       splits=load_splits(path=args.data_dir))
 
 
+def cmd_evaluate(args) -> int:
+    from fmnist.evaluate import OUTPUT_FILES, evaluate_run, summary
+    from fmnist.runner import installed_impls
+
+    if args.no_compare:
+        compare_impls = []
+    elif args.compare_impls == []:  # the flag alone: every installed implementation
+        compare_impls = installed_impls()
+    else:
+        compare_impls = args.compare_impls
+    out = args.out or args.run_dir
+    report = evaluate_run(args.run_dir, args.impl, out, compare_impls=compare_impls, data_dir=args.data_dir)
+    print(summary(report))
+    print("Wrote " + ", ".join(str(out / name) for name in OUTPUT_FILES.values()))
+    return 0
+
+
 def cmd_data(args) -> int:
     from fmnist.data import find_data_dir, load_data
 
@@ -180,7 +220,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "evaluate": cmd_evaluate,
+            "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,16 @@ from fmnist.config import IMPLEMENTATIONS
 
 COLORS = {"handrolled": "tab:blue", "flax": "tab:orange", "nnx": "tab:red", "keras": "tab:green",
           "keras-jax": "tab:purple"}
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Save `fig` as PNG at `path` atomically (a temporary file, then a rename) and close it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100, **savefig_kwargs)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def _curves(ax, history: dict, key: str, label: str, color=None, **style):
@@ -41,10 +52,7 @@ def plot_history(history: dict, path: str | Path) -> Path:
     fig.suptitle(f"{history.get('impl', '')} {config.get('model', '')}: {config.get('optimizer', '')} "
                  f"lr={config.get('lr', '')}, batch {config.get('batch_size', '')}")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 STYLES = {"handrolled": dict(linestyle="-", linewidth=3.5, alpha=0.45),
           "flax": dict(linestyle="-", linewidth=1.8, marker="o", markersize=4),
@@ -114,7 +122,4 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     fig.suptitle(f"{c['model']}, {c['optimizer']} lr={c['lr']}, batch {c['batch_size']}: "
                  "same starting weights, same batch order")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

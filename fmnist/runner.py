@@ -59,8 +59,11 @@ def splits_for(config: TrainConfig) -> Splits:
 
 
 def run(impl: str, config: TrainConfig, splits: Splits | None = None,
-        initial_weights: Weights | None = None, callbacks=None) -> RunResult:
-    """Train `impl` with `config` from the canonical weights of (`config.init`, `config.seed`)."""
+        initial_weights: Weights | None = None, callbacks=None, checkpoint_dir=None) -> RunResult:
+    """Train `impl` with `config` from the canonical weights of (`config.init`, `config.seed`).
+
+    With `checkpoint_dir`, the run resumes from the last epoch saved there and saves every epoch.
+    """
     preflight([impl], config)
     trainer = get_trainer(impl)
     if splits is None:
@@ -70,4 +73,6 @@ def run(impl: str, config: TrainConfig, splits: Splits | None = None,
     if callbacks is None:
         from fmnist.callbacks import ProgressBar
         callbacks = [ProgressBar()]
-    return trainer(config, splits, initial_weights, callbacks=callbacks)
+    if checkpoint_dir is None:
+        return trainer(config, splits, initial_weights, callbacks=callbacks)
+    return trainer(config, splits, initial_weights, callbacks=callbacks, checkpoint_dir=checkpoint_dir)
