@@ -68,6 +68,9 @@ def add_train_flags(p: argparse.ArgumentParser, epochs: int = DEFAULTS.epochs) -
                    help="JAX implementations: training steps compiled into one call")
     p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a lower validation loss")
+    p.add_argument("--no-terminate-on-nan", dest="terminate_on_nan", action="store_false",
+                   help="train on after a NaN or infinite training loss (default: stop at the first, "
+                        "as Keras's TerminateOnNaN)")
     p.add_argument("--data-dir", default=None,
                    help="directory holding the four IDX .gz files (default: $FASHION_MNIST_DIR, "
                         "/usr/share/datasets/fashion-mnist, then Keras's cache)")
@@ -79,7 +82,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer, momentum=args.momentum, adam_convention=args.adam_convention,
         adam_eps=args.adam_eps, init=args.init, seed=args.seed, val_size=args.val_size,
         train_limit=args.train_limit, steps_per_call=args.steps_per_call,
-        early_stopping_patience=args.early_stopping)
+        early_stopping_patience=args.early_stopping, terminate_on_nan=args.terminate_on_nan)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one implementation and evaluate it on the test set",
-                           description="Train one implementation from the canonical starting weights; "
-                                       "write history.json, weights.npz and curves.png to --out.")
+                           description="Train one implementation from the canonical starting weights "
+                                       "into a run directory (--out): after every epoch history.json "
+                                       "and checkpoint/ (the whole training state), at the end "
+                                       "weights.npz and curves.png. Ctrl-C stops after saving what is "
+                                       "finished; --resume DIR continues, bit for bit.")
     train.add_argument("--impl", choices=IMPLEMENTATIONS, default="handrolled", help="which implementation")
     add_train_flags(train)
-    train.add_argument("--out", type=Path, default=None, help="output directory (default runs/IMPL-MODEL)")
+    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/IMPL-MODEL)")
+    train.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                       help="continue the run in DIR from its last finished epoch, with its saved "
+                            "settings (--epochs N may raise the number of epochs)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (without it, an existing run is never touched)")
 
     compare = sub.add_parser("compare", help="train every implementation from the same weights and batch order",
                              description="Train every implementation from the same canonical weights "
@@ -144,21 +155,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from fmnist import runner
+# Flags that may differ from a resumed run's saved config (they do not change what is computed).
+RESUMABLE = {"epochs", "data_dir", "resume", "out", "overwrite", "command"}
+
+
+def explicit_flags(argv) -> set[str]:
+    """The destinations of the `train` flags given in `argv` (argparse's defaults hide which were)."""
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    return {action.dest for action in train._actions if given & set(action.option_strings)}
+
+
+def resumed_config(args, argv) -> tuple[str, TrainConfig]:
+    """(impl, config) of the run in `args.resume`; a flag that contradicts it is refused."""
+    from fmnist import rundir
+    from fmnist.rundir import RunDirError, read_run_meta
+
+    impl, saved = read_run_meta(args.resume)
+    given = config_from(args).to_dict() | {"impl": args.impl}
+    for name in sorted(explicit_flags(argv) - RESUMABLE):
+        key = {"early_stopping": "early_stopping_patience"}.get(name, name)
+        theirs = impl if key == "impl" else saved.to_dict().get(key)
+        if given.get(key) != theirs:
+            raise RunDirError(f"--{name.replace('_', '-')} {given.get(key)} contradicts the run in "
+                              f"{args.resume} ({key}={theirs}); drop it to resume")
+    epochs = args.epochs if "epochs" in explicit_flags(argv) else saved.epochs
+    finished = rundir.finished_epochs(args.resume)
+    if epochs < finished:
+        raise RunDirError(f"the run in {args.resume} has already trained {finished} epochs; "
+                          f"--epochs {epochs} would undo some (give at least {finished})")
+    return impl, TrainConfig(**{**saved.to_dict(), "epochs": epochs})
+
+
+def cmd_train(args, argv=None) -> int:
+    from fmnist import runner, rundir
     from fmnist.callbacks import ProgressBar
     from fmnist.data import load_splits
     from fmnist.history import save_run
+    from fmnist.loop import NonFiniteLoss
 
-    config = config_from(args)
-    out = output_dir(args.out or Path("runs") / f"{args.impl}-{config.model}")
-    splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
-    callbacks = [ProgressBar()]  # --early-stopping travels in the config; each implementation honours it
-    print(f"Training {args.impl} {config.model} on {len(splits.x_train)} examples "
-          f"({len(splits.x_val)} held out for validation), batch {config.batch_size}, "
-          f"{config.optimizer} lr={config.lr}", flush=True)
-    result = runner.run(args.impl, config, splits, callbacks=callbacks)
-    paths = save_run(result, out)
+    if args.resume is not None:
+        if args.out is not None and args.out != args.resume:
+            raise ValueError("--resume DIR continues the run in DIR; give no --out")
+        impl, config = resumed_config(args, argv if argv is not None else sys.argv[1:])
+        out = args.resume
+    else:
+        impl, config = args.impl, config_from(args)
+        out = output_dir(args.out or Path("runs") / f"{args.impl}-{config.model}")
+    runner.preflight([impl], config)
+    with rundir.RunLock(out):
+        if args.resume is None and rundir.has_run(out):
+            if not args.overwrite:
+                raise rundir.RunDirError(f"{out} already holds a run; `fmnist train --resume {out}` "
+                                         "continues it, --overwrite replaces it")
+            rundir.clear_run(out)
+        splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
+        rundir.write_run_meta(out, impl, config)
+        history = rundir.HistoryWriter(out, impl, config)
+        callbacks = [ProgressBar(), history]  # --early-stopping travels in the config
+        verb = "Resuming" if args.resume is not None else "Training"
+        print(f"{verb} {impl} {config.model} in {out} on {len(splits.x_train)} examples "
+              f"({len(splits.x_val)} held out for validation), batch {config.batch_size}, "
+              f"{config.optimizer} lr={config.lr}", flush=True)
+        try:
+            result = runner.run(impl, config, splits, callbacks=callbacks, checkpoint_dir=out / "checkpoint")
+        except KeyboardInterrupt:
+            history.write("interrupted")
+            done = len(history.rows)
+            print(f"\nfmnist train: interrupted; {done} finished epoch{'s' * (done != 1)} saved in {out}. "
+                  f"Resume with: fmnist train --resume {out}", file=sys.stderr)
+            return 130
+        except NonFiniteLoss as e:
+            history.write("non-finite loss", stopped_at={"epoch": e.epoch, "step": e.step})
+            print(f"\nfmnist train: error: {e}", file=sys.stderr)
+            return 3
+        paths = save_run(result, out)
     print(f"Test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f}, "
           f"{result.seconds_per_epoch:.1f} s per epoch (median)")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
@@ -228,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "train":
+            return cmd_train(args, argv)
         return COMMANDS[args.command](args)
     except (DataError, ValueError) as e:
         print(f"fmnist {args.command}: error: {e}", file=sys.stderr)

@@ -37,6 +37,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file and a rename (atomic on POSIX filesystems)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # what open() would give; mkstemp makes it private (0600)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -61,6 +61,18 @@ class RunLock:
         os.close(self.fd)
 
 
+def clear_run(directory: Path) -> None:
+    """Remove an earlier run's files from `directory` (for --overwrite)."""
+    import shutil
+
+    for name in (*RUN_FILES, "curves.png"):
+        path = Path(directory) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def write_run_meta(directory: Path, impl: str, config: TrainConfig) -> None:
     jsonio.write_json(Path(directory) / "run.json", {"impl": impl, "config": config.to_dict()})
 
@@ -75,6 +87,14 @@ def read_run_meta(directory: Path) -> tuple[str, TrainConfig]:
         return meta["impl"], TrainConfig(**meta["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{path} is not a run description fmnist can read ({e})") from None
+
+
+def finished_epochs(directory: Path) -> int:
+    """How many epochs DIR/history.json lists (0 if it is missing or unreadable)."""
+    try:
+        return len(json.loads((Path(directory) / "history.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 class HistoryWriter(Callback):

@@ -207,3 +207,102 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path_factory, data):
     if restored is not None:
         leaves = jax.tree.leaves(restored[0])
         assert all(np.array_equal(a, b) for a, b in zip(leaves, jax.tree.leaves(state)))
+
+
+# ----------------------------------------------------------------------- the command line
+
+def fmnist(*args, timeout=300, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+CLI_RUN = ["--model", "mlp", "--train-limit", "2000", "--val-size", "500"]
+
+
+def test_sigkill_mid_run_leaves_a_resumable_run_equal_to_an_uninterrupted_one(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fmnist.weights import load_weights
+
+    whole = fmnist("train", *CLI_RUN, "--epochs", "4", "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    killed_dir = tmp_path / "killed"
+    # steps-per-call 1: many small calls, so the kill lands mid-epoch rather than between runs
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist", "train", *CLI_RUN, "--epochs", "4",
+                             "--steps-per-call", "1", "--out", str(killed_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(strict_loads((killed_dir / "history.json").read_text())["epochs"]) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    history = strict_loads((killed_dir / "history.json").read_text())  # strict JSON after the kill
+    assert history["status"] == "running" and 2 <= len(history["epochs"]) < 4
+    assert not (killed_dir / "weights.npz").exists()
+    resumed = fmnist("train", "--resume", str(killed_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_weights(tmp_path / "whole" / "weights.npz"), load_weights(killed_dir / "weights.npz")
+    assert all(np.array_equal(a[l][k], b[l][k]) for l in a for k in a[l])
+    ha, hb = (strict_loads((d / "history.json").read_text()) for d in (tmp_path / "whole", killed_dir))
+    assert without_seconds(ha["epochs"]) == without_seconds(hb["epochs"]) and ha["test_loss"] == hb["test_loss"]
+
+
+def test_ctrl_c_saves_what_is_finished_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist", "train", *CLI_RUN, "--epochs", "50",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if strict_loads((out / "history.json").read_text())["epochs"]:
+                break
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"Resume with: fmnist train --resume {out}" in err
+    history = strict_loads((out / "history.json").read_text())
+    assert history["status"] == "interrupted" and history["epochs"]
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(tmp_path):
+    out = tmp_path / "run"
+    assert fmnist("train", *CLI_RUN, "--epochs", "1", "--out", str(out)).returncode == 0
+    files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}  # noqa: E731
+    before = files()
+    again = fmnist("train", *CLI_RUN, "--epochs", "1", "--lr", "0.01", "--out", str(out))
+    assert again.returncode == 2 and "already holds a run" in again.stderr and len(again.stderr.splitlines()) == 1
+    assert files() == before
+    replaced = fmnist("train", *CLI_RUN, "--epochs", "1", "--lr", "0.01", "--out", str(out), "--overwrite")
+    assert replaced.returncode == 0 and strict_loads((out / "history.json").read_text())["config"]["lr"] == 0.01
+    contradicted = fmnist("train", "--resume", str(out), "--lr", "0.1")
+    assert contradicted.returncode == 2 and "--lr 0.1 contradicts" in contradicted.stderr
+
+
+def test_a_diverging_run_stops_with_one_line_and_strict_json(tmp_path):
+    out = tmp_path / "run"
+    run = fmnist("train", *CLI_RUN, "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30", "--out", str(out))
+    assert run.returncode == 3
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "epoch 1, step" in errors[0]
+    history = strict_loads((out / "history.json").read_text())
+    assert history["status"] == "non-finite loss" and history["stopped_at"]["epoch"] == 1
