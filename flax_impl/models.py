@@ -120,7 +120,7 @@ def _shift_conv_bwd(res, dy):
     # as reshape, .T, dot, and so does this: with einsum("nhwk,nhwo->ko") instead, XLA:CPU first
     # copied both operands into transposed (., N*H*W) layouts (profiled: four copies, 1.6 ms of CPU
     # time per batch-128 step in two halves) and summed in another order. Keep this form: the
-    # parity test `test_the_two_jax_implementations_train_bit_identically` depends on it.
+    # parity test `test_the_jax_implementations_train_bit_identically` depends on it.
     k = patches.shape[-1]
     dk = jnp.dot(patches.reshape(-1, k).T, dy.reshape(-1, dy.shape[-1])).reshape(kernel.shape)
     _, vjp_x = jax.vjp(lambda x: _shift_conv_3x3(x, kernel), x)  # dropped by XLA when unused

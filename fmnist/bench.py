@@ -33,7 +33,7 @@ from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
 DEFAULT_SETUPS = {"mlp": (32, 600), "cnn": (128, 40)}
-IMPLS = ("handrolled", "flax", "keras")
+IMPLS = ("handrolled", "flax", "nnx", "keras")
 
 
 def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Callable[[], float]:
@@ -48,13 +48,24 @@ def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Ca
         optimizer = t.make_optimizer(config)
         state = [(model, optimizer.init(model))]
         run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config.model))
-    else:
+    elif impl == "flax":
         from flax_impl import train as t
         from flax_impl.models import get_model, weights_to_params
         from flax_impl.optimizers import make_optimizer
         params = weights_to_params(init_weights(config.model, config.init, config.seed))
         state = [t.create_train_state(get_model(config.model), params, make_optimizer(config))]
         run_steps = t.make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
+    elif impl == "nnx":
+        from flax import nnx
+
+        from flax_impl.optimizers import make_optimizer
+        from nnx_impl import train as t
+        from nnx_impl.models import from_weights
+        model = from_weights(config.model, init_weights(config.model, config.init, config.seed))
+        state = [nnx.split((model, t.create_optimizer(model, make_optimizer(config))))]
+        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
+    else:
+        raise ValueError(f"no benchmark timer for implementation {impl!r}")
     batches = [b for b in train_loader(config, splits).batch_indices(0) if len(b) == config.batch_size]
     groups = step_groups(batches[:steps], config.steps_per_call)
 
@@ -171,7 +182,7 @@ def ratios(results: dict) -> dict:
     out = {}
     for model, r in results.items():
         out[model] = {}
-        for impl in ("handrolled", "flax"):
+        for impl in ("handrolled", "flax", "nnx"):
             if impl in r and "keras" in r:
                 out[model][f"keras/{impl}"] = r["keras"] / r[impl]
             if impl in r and "bound" in r:
@@ -199,13 +210,14 @@ def ratio_ranges(results: dict) -> dict:
 def table(results: dict) -> str:
     """A Markdown table of the medians and ratios, each ratio with its range over the rounds."""
     rat, spread = ratios(results), ratio_ranges(results)
-    lines = ["| model | batch | handrolled s/epoch | flax s/epoch | keras s/epoch | bound s/epoch | ratios (range over rounds) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch | handrolled s/epoch | flax s/epoch | nnx s/epoch | keras s/epoch | bound s/epoch "
+             "| ratios (range over rounds) |",
+             "|---|---|---|---|---|---|---|---|"]
     for model, r in results.items():
         cell = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
         cells = ", ".join(f"{k} {v:.2f}x ({spread[model][k][0]:.2f}-{spread[model][k][1]:.2f})"
                           for k, v in rat[model].items())
-        lines.append(f"| {model} | {r['batch_size']} | {cell('handrolled')} | {cell('flax')} | {cell('keras')} | "
+        lines.append(f"| {model} | {r['batch_size']} | {cell('handrolled')} | {cell('flax')} | {cell('nnx')} | {cell('keras')} | "
                      f"{cell('bound')} | {cells} |")
     return "\n".join(lines)
 

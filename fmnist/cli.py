@@ -308,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if type(e).__name__ != "KerasJaxError":  # the keras-jax child failed: its stderr says why
+            raise
+        print(f"fmnist {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Fashion-MNIST in Keras 3 on TensorFlow: the independent reference the JAX implementations are checked against.
 
+The same model and training code also runs on Keras's JAX backend (`--impl keras-jax`): see
+`keras_baseline.jax_backend`, which runs it in a child process started with KERAS_BACKEND=jax.
+
 Importing this package sets two environment variables, but only if they are unset, so a user's
 choice wins:
 
     KERAS_BACKEND=tensorflow   Keras 3 picks its backend once, at `import keras`; this package is
                                the TensorFlow reference, so it must be set before that import.
+                               (KERAS_BACKEND=jax is the other backend the package supports.)
     TF_CPP_MIN_LOG_LEVEL=1     hides TensorFlow's C++ INFO lines (e.g. the CPU-instructions notice)
                                and keeps its warnings and errors.
 
@@ -13,7 +17,9 @@ before absl's logging is initialised ("oneDNN custom operations are on ...", twi
 `import_keras()` drops exactly those lines and passes every other line of stderr through.
 oneDNN itself stays on (TF's default): the reference is what a Keras user gets.
 
-TensorFlow is imported by `keras_baseline.models` and `keras_baseline.train`, never by `fmnist`.
+TensorFlow is imported by `keras_baseline.models` and `keras_baseline.train` on the TensorFlow
+backend, never by `fmnist`, `keras_baseline.rules`, `keras_baseline.verbosity` or the parent side of
+`keras_baseline.jax_backend`.
 """
 
 import os

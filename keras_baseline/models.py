@@ -1,5 +1,7 @@
 """The two architectures as `keras.Sequential` models, and weights in and out in the canonical format.
 
+Backend-agnostic: the same code on TensorFlow (`--impl keras`) and on JAX (`--impl keras-jax`).
+
 Layers carry the canonical names of `fmnist.weights` ("conv_0", "conv_1", "dense_0", "dense_1"), so
 copying weights is by name, never by position. The models output logits; the loss is compiled with
 `from_logits=True` (a softmax layer plus `from_logits=False` would clip probabilities at 1e-7 in
@@ -19,9 +21,12 @@ from keras_baseline import import_keras  # sets KERAS_BACKEND before keras is im
 
 keras = import_keras()
 
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"keras_baseline needs the TensorFlow backend, but Keras was started with "
-                      f"{keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras.")
+BACKENDS = ("tensorflow", "jax")  # --impl keras and --impl keras-jax; the code is the same on both
+
+if keras.backend.backend() not in BACKENDS:
+    raise ImportError(f"keras_baseline runs on Keras's TensorFlow or JAX backend, but Keras was started "
+                      f"with {keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow (or jax) before "
+                      "importing keras.")
 
 INPUT_SHAPE = (28, 28, 1)  # NHWC, as `fmnist.data.preprocess` produces
 

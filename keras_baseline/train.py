@@ -1,5 +1,9 @@
 """Training with `model.fit`, as a Keras user would, fed the project's shared batch order.
 
+The same code runs on Keras's TensorFlow backend (`--impl keras`, the default when this package is
+imported first) and on its JAX backend (`--impl keras-jax`, which `keras_baseline.jax_backend` runs
+in a child process started with KERAS_BACKEND=jax). Only `loss_and_grads` differs by backend.
+
 What is shared with the JAX implementations is only what defines the run: the config, the initial
 weights, the preprocessed arrays and the batch order. Everything else is Keras's own: `fit`, its
 loss/accuracy bookkeeping, its progress bar, its `EarlyStopping`, `evaluate`.
@@ -28,6 +32,7 @@ Optimizers:
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 
 import numpy as np
@@ -36,13 +41,15 @@ from fmnist import callbacks as fmnist_callbacks
 from fmnist.config import TrainConfig
 from fmnist.data import Dataloader, Splits
 from fmnist.history import RunResult
-from fmnist.loop import finish, train_loader
+from fmnist.loop import NonFiniteLoss, finish, train_loader
 from fmnist.weights import Weights
-from keras_baseline import import_keras, rules
+from keras_baseline import checkpoint, import_keras, rules
 from keras_baseline.models import build_model, get_weights, set_weights
+from keras_baseline.verbosity import keras_verbosity, wants_batches
 
 keras = import_keras()
-import tensorflow as tf  # noqa: E402  (already imported by keras; needed for GradientTape)
+BACKEND = keras.backend.backend()  # "tensorflow" (--impl keras) or "jax" (--impl keras-jax)
+IMPL = {"tensorflow": "keras", "jax": "keras-jax"}[BACKEND]
 
 
 # --------------------------------------------------------------------------- model and optimizer
@@ -129,15 +136,18 @@ class FmnistCallbacks(keras.callbacks.Callback):
     floats waits for every step to finish, which costs time for nothing otherwise.
     """
 
-    def __init__(self, callbacks, config: TrainConfig, num_steps: int, timer: EpochTimer):
+    def __init__(self, callbacks, config: TrainConfig, num_steps: int, timer: EpochTimer, done_rows=()):
         super().__init__()
         self.callbacks = fmnist_callbacks.CallbackList(callbacks)
         self.config, self.num_steps, self.timer = config, num_steps, timer
-        self.wants_batches = any(type(cb).on_batch_end is not fmnist_callbacks.Callback.on_batch_end
-                                 for cb in self.callbacks.callbacks)
+        self.wants_batches = wants_batches(self.callbacks.callbacks)
+        self.done_rows = list(done_rows)
 
     def on_train_begin(self, logs=None):
         self.callbacks.on_train_begin(self.config)
+        for cb in self.callbacks.callbacks:  # a resumed run's earlier epochs (as fmnist.loop does)
+            if hasattr(cb, "replay"):
+                cb.replay(self.done_rows)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.callbacks.on_epoch_begin(epoch, self.num_steps)
@@ -152,6 +162,54 @@ class FmnistCallbacks(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` at the first batch whose loss is NaN or infinite, then raise
+    `fmnist.loop.NonFiniteLoss` as the JAX loop does.
+
+    Checks what Keras's `TerminateOnNaN` checks (logs["loss"], the epoch's running mean, non-finite
+    from the first non-finite batch on) and stops the same way (`model.stop_training`); the error
+    is raised from `on_epoch_end`, which Keras still calls for the stopped epoch, and this callback
+    comes first, so no later callback saves or reports that epoch.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.found = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(logs["loss"])
+        if self.found is None and not np.isfinite(loss):
+            self.found, self.model.stop_training = (batch + 1, loss), True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.found is not None:
+            raise NonFiniteLoss(epoch + 1, *self.found)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the model's and optimizer's variables and the rows so far, to disk."""
+
+    def __init__(self, directory, timer: EpochTimer, done_rows=()):
+        super().__init__()
+        self.directory, self.timer, self.rows = directory, timer, list(done_rows)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append(epoch_row(epoch, logs, self.timer.seconds[-1]))
+        checkpoint.save(self.directory, self.model, epoch + 1, self.rows)
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` that, in a resumed run, first counts the earlier epochs."""
+
+    def __init__(self, done_rows=(), **kwargs):
+        super().__init__(**kwargs)
+        self.done_rows = list(done_rows)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for epoch, row in enumerate(self.done_rows):
+            super().on_epoch_end(epoch, row)
+
+
 def epoch_row(epoch: int, logs: dict, seconds: float) -> dict:
     """One epoch of Keras's logs as a row of the fmnist history (1-based `epoch`)."""
     row = {"epoch": epoch + 1}
@@ -160,64 +218,67 @@ def epoch_row(epoch: int, logs: dict, seconds: float) -> dict:
     return row
 
 
-def keras_verbosity(callbacks) -> tuple[int, object, list]:
-    """Keras's `verbose`, the stream to print to, and the project callbacks to forward.
-
-    A `fmnist.callbacks.ProgressBar` among `callbacks` means "show progress": Keras then prints its
-    own bar to that ProgressBar's stream (verbose=1, redrawn in place, on a terminal; verbose=2, one
-    line per epoch, otherwise), and the project's bar is not forwarded, so nothing prints twice.
-    """
-    bars = [cb for cb in callbacks if isinstance(cb, fmnist_callbacks.ProgressBar)]
-    others = [cb for cb in callbacks if not isinstance(cb, fmnist_callbacks.ProgressBar)]
-    if not bars:
-        return 0, None, others
-    stream, interactive = bars[0].stream, bars[0].interactive
-    if interactive is None:
-        interactive = hasattr(stream, "isatty") and stream.isatty()
-    return (1 if interactive else 2), stream, others
-
-
 # --------------------------------------------------------------------------- training
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
-                       callbacks=()) -> RunResult:
+                       callbacks=(), checkpoint_dir=None) -> RunResult:
     """Train `config.model` from `initial_weights` with `model.fit`, then evaluate on the test set.
 
     `callbacks` are project callbacks (`fmnist.callbacks`); see `FmnistCallbacks` and
     `keras_verbosity`. `config.early_stopping_patience` adds `keras.callbacks.EarlyStopping` on
     val_loss (loss when there is no validation set). A project `EarlyStopping` passed in as well is still forwarded; it applies the same
     rule (stop after `patience` epochs without a strictly lower val_loss), so both stop together.
+    With `checkpoint_dir`, a run resumes from the last epoch saved there (`keras_baseline.checkpoint`,
+    then `fit(initial_epoch=...)`) and saves after every epoch. A non-finite training loss raises
+    `fmnist.loop.NonFiniteLoss` unless `config.terminate_on_nan` is off.
     """
     # Seeds Python's `random`, NumPy's global state, TF and Keras: a side effect on the caller's global
     # RNGs, harmless here (the project draws from explicit `np.random.default_rng`s), but note it.
+    # On the JAX backend it imports TensorFlow too when installed (to seed tf.data); the keras-jax
+    # child blocks that import (keras_baseline.jax_backend), and without TensorFlow it is skipped.
     keras.utils.set_random_seed(config.seed)
     model = compiled_model(config, initial_weights)
     verbose, stream, forwarded = keras_verbosity(callbacks)
+    restored = checkpoint.restore(checkpoint_dir, model) if checkpoint_dir is not None else None
+    initial_epoch, done_rows = restored if restored is not None else (0, [])
 
     batches = SharedOrderBatches(train_loader(config, splits))
     timer = EpochTimer()
-    keras_callbacks = [EpochSetter(batches), timer,
-                       FmnistCallbacks(forwarded, config, len(batches), timer)]
+    keras_callbacks = [EpochSetter(batches), timer]
+    if config.terminate_on_nan:
+        keras_callbacks.insert(0, StopOnNonFiniteLoss())
+    if checkpoint_dir is not None:  # saved before the project callbacks hear of the epoch
+        keras_callbacks.append(EpochCheckpoint(checkpoint_dir, timer, done_rows))
+    keras_callbacks.append(FmnistCallbacks(forwarded, config, len(batches), timer, done_rows))
     validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
     if config.early_stopping_patience:  # the same rule as fmnist.loop.fit for the JAX implementations
-        keras_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss" if validation else "loss", patience=config.early_stopping_patience))
+        keras_callbacks.append(ResumedEarlyStopping(
+            done_rows, monitor="val_loss" if validation else "loss", patience=config.early_stopping_patience))
 
     # Keras prints to sys.stdout; send it where the caller's progress bar would have written.
+    stopped = None
     with contextlib.redirect_stdout(stream) if stream is not None else contextlib.nullcontext():
-        history = model.fit(batches, epochs=config.epochs, shuffle=False, validation_data=validation,
-                            validation_batch_size=config.eval_batch_size, callbacks=keras_callbacks,
-                            verbose=verbose)
+        try:
+            history = model.fit(batches, epochs=config.epochs, initial_epoch=initial_epoch, shuffle=False,
+                                validation_data=validation, validation_batch_size=config.eval_batch_size,
+                                callbacks=keras_callbacks, verbose=verbose)
+        except NonFiniteLoss as e:
+            stopped = (e.epoch, e.step, e.loss)
+    if stopped is not None:
+        # Raised anew, without the traceback into `fit`: that traceback keeps TensorFlow's dataset
+        # iterator alive until interpreter exit, where TF then warns it could not finalize it.
+        gc.collect()
+        raise NonFiniteLoss(*stopped)
 
-    epochs = [epoch_row(e, {k: v[i] for k, v in history.history.items()}, timer.seconds[i])
-              for i, e in enumerate(history.epoch)]
+    epochs = done_rows + [epoch_row(e, {k: v[i] for k, v in history.history.items()}, timer.seconds[i])
+                          for i, e in enumerate(history.epoch)]
     test = model.evaluate(splits.x_test, splits.y_test, batch_size=config.eval_batch_size,
                           verbose=0, return_dict=True)
     logs = finish(forwarded, test["loss"], test["accuracy"])
     if stream is not None:  # the line the project's ProgressBar prints at the end of training
         stream.write(f"test_loss: {logs['test_loss']:.4f} - test_accuracy: {logs['test_accuracy']:.4f}\n")
         stream.flush()
-    return RunResult(impl="keras", config=config, epochs=epochs, test_loss=logs["test_loss"],
+    return RunResult(impl=IMPL, config=config, epochs=epochs, test_loss=logs["test_loss"],
                      test_accuracy=logs["test_accuracy"], weights=get_weights(model))
 
 
@@ -236,21 +297,49 @@ def train_steps(model: keras.Model, batches) -> np.ndarray:
 def logits(model: keras.Model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """The model's outputs (logits) for images `x`, float32 (N, 10).
 
-    Calls the model eagerly, in batches. (`model.predict` gives bitwise the same numbers, but traces
-    a new tf.function for every model, which is slow and warns when a test builds many models.)
+    Calls the model eagerly, in batches. (On TensorFlow, `model.predict` gives bitwise the same
+    numbers, but traces a new tf.function for every model, which is slow and warns when a test
+    builds many models.)
     """
     return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
                            for i in range(0, len(x), batch_size)])
 
 
 def loss_and_grads(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
-    """Mean cross-entropy on one batch and its gradient w.r.t. every weight, in canonical layout."""
-    with tf.GradientTape() as tape:
-        loss = make_loss()(y, model(x, training=True))
+    """Mean cross-entropy on one batch and its gradient w.r.t. every weight, in canonical layout.
+
+    TensorFlow: eagerly, under a `tf.GradientTape`. JAX: `jax.value_and_grad` of the model's
+    `stateless_call`, jitted, as Keras's JAX trainer differentiates its `train_step`.
+    """
     layers = [layer for layer in model.layers if layer.weights]
     variables = [v for layer in layers for v in (layer.kernel, layer.bias)]
-    grads = tape.gradient(loss, variables)
+    loss, grads = (_jax_loss_and_grads if BACKEND == "jax" else _tf_loss_and_grads)(model, variables, x, y)
     out = {layer.name: {"kernel": np.asarray(grads[2 * i], np.float32),
                         "bias": np.asarray(grads[2 * i + 1], np.float32)}
            for i, layer in enumerate(layers)}
     return float(loss), out
+
+
+def _tf_loss_and_grads(model, variables, x, y):
+    import tensorflow as tf  # already imported by keras on this backend
+
+    with tf.GradientTape() as tape:
+        loss = make_loss()(y, model(x, training=True))
+    return loss, tape.gradient(loss, variables)
+
+
+def _jax_loss_and_grads(model, variables, x, y):
+    import jax  # already imported by keras on this backend
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    loss_fn = make_loss()
+
+    def loss_of(trainable, x, y):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, y_pred)
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_of))(trainable, x, y)
+    # `stateless_call` takes and returns values in `model.trainable_variables` order.
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    return loss, [grads[position[id(v)]] for v in variables]

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-IMPLS = ("handrolled", "flax", "keras")
+IMPLS = ("handrolled", "flax", "nnx", "keras")
 REFERENCE = "float64"
 
 HAVE_TF = True

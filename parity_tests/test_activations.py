@@ -1,7 +1,8 @@
 """relu, softmax and log-softmax in the three implementations, including extreme logits (+-1000).
 
 Implementations: `handrolled.functional` (relu, softmax, log_softmax); Flax's `nn.relu`,
-`nn.softmax`, `nn.log_softmax` (which are jax.nn's); Keras's `keras.activations.relu/softmax` and
+`nn.softmax`, `nn.log_softmax` (which are jax.nn's) and NNX's `nnx.relu`, `nnx.softmax`,
+`nnx.log_softmax` (the same functions re-exported); Keras's `keras.activations.relu/softmax` and
 `keras.ops.log_softmax` on the TensorFlow backend. Truth: float64 NumPy with the max shift.
 """
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import float64_reference as ref
 from parity import COMPARISONS, HAVE_TF, SINGLE, check, keras_modules, max_abs_diff
@@ -45,8 +47,8 @@ def activations(impl: str) -> dict[str, np.ndarray]:
     if impl == "float64":
         return {"relu": ref.relu(ref.f64(z)), "softmax": ref.softmax(z), "log_softmax": ref.log_softmax(z),
                 "relu_grad": (RELU_X > 0).astype(np.float64)}
-    if impl in ("handrolled", "flax"):
-        f = hf if impl == "handrolled" else nn
+    if impl in ("handrolled", "flax", "nnx"):
+        f = {"handrolled": hf, "flax": nn, "nnx": nnx}[impl]
         out = {name: np.asarray(jax.jit(getattr(f, name))(z)) for name in ("relu", "softmax", "log_softmax")}
         out["relu_grad"] = np.asarray(jax.vmap(jax.grad(f.relu))(jnp.asarray(RELU_X)))
         return out
@@ -89,7 +91,7 @@ def test_softmax_extreme_rows_exactly():
     """The rows at +-1000 have exact answers, which every implementation returns."""
     want = ref.softmax(LOGITS[N_ORDINARY:])
     assert want[0, 0] == 1.0 and want[1, 2] == 1.0 and np.allclose(want[2], 0.1) and np.allclose(want[4, :2], 0.5)
-    for impl in ("handrolled", "flax") + (("keras",) if HAVE_TF else ()):
+    for impl in ("handrolled", "flax", "nnx") + (("keras",) if HAVE_TF else ()):
         got = activations(impl)["softmax"][N_ORDINARY:]
         np.testing.assert_allclose(got, want, rtol=0, atol=6e-8, err_msg=impl)  # half an ulp at 1
 

@@ -3,6 +3,7 @@
 Each implementation uses the loss its training step differentiates:
   hand-rolled: `handrolled.train.loss_and_correct` (sparse_cross_entropy_with_logits) via jax.value_and_grad
   Flax:        `flax_impl.train._loss_and_logits` (optax integer-label cross-entropy) via jax.value_and_grad
+  NNX:         `nnx_impl.train._loss_and_logits` (the same loss on the NNX module) via nnx.value_and_grad
   Keras:       `keras_baseline.train.loss_and_grads` (SparseCategoricalCrossentropy(from_logits=True), GradientTape)
   float64:     hand-written backprop in NumPy (float64_reference.loss_and_grads)
 Gradients are compared in the canonical layout (fmnist.weights), so a transposed kernel or a
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import jax
 import pytest
+from flax import nnx
 
 from parity import COMPARISONS, check, keras_modules, max_abs, max_abs_diff
 from flax_impl import models as flax_models
 from flax_impl import train as flax_train
 from handrolled import models as hmodels
 from handrolled import train as htrain
+from nnx_impl import models as nnx_models
+from nnx_impl import train as nnx_train
 
 _KERAS_MODELS = {}
 
@@ -35,6 +39,10 @@ def loss_and_grads(impl, model_name, weights, x, y, reference):
         f = jax.jit(jax.value_and_grad(lambda p, x, y: flax_train._loss_and_logits(p, apply_fn, x, y), has_aux=True))
         (loss, _), grads = f(flax_models.weights_to_params(weights), x, y)
         return float(loss), flax_models.params_to_weights(grads)
+    if impl == "nnx":
+        f = nnx.jit(nnx.value_and_grad(nnx_train._loss_and_logits, has_aux=True))
+        (loss, _), grads = f(nnx_models.from_weights(model_name, weights), x, y)
+        return float(loss), nnx_models.to_weights(grads)
     K = keras_modules()
     if model_name not in _KERAS_MODELS:
         _KERAS_MODELS[model_name] = K.models.build_model(model_name)

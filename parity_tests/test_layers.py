@@ -1,7 +1,8 @@
 """Single layers and whole forward passes: the same weights and inputs in all three implementations.
 
 Layers used: hand-rolled `Linear`/`Conv2D`/`MaxPool2D`/`Flatten` (handrolled.layers), Flax
-`nn.Dense`/`nn.Conv`/`nn.max_pool` and the project's `flax_impl.models.max_pool_2x2`, Keras
+`nn.Dense`/`nn.Conv`/`nn.max_pool` and the project's `flax_impl.models.max_pool_2x2`, Flax NNX
+`nnx.Linear`/`nnx.Conv`/`nnx.max_pool` (the last is linen's function) and `nnx_impl.models`, Keras
 `Dense`/`Conv2D`/`MaxPooling2D`/`Flatten` loaded with `set_weights`; the truth is the float64 NumPy
 reference (float64_reference.py), which computes SAME padding from TensorFlow's documented rule.
 
@@ -19,12 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import float64_reference as ref
 from parity import COMPARISONS, check, keras_modules, max_abs, max_abs_diff, needs_keras, weights_with_biases
 from flax_impl import models as flax_models
 from handrolled import layers as hl
 from handrolled import models as hmodels
+from nnx_impl import models as nnx_models
 
 # --------------------------------------------------------------------------- Dense
 
@@ -48,6 +51,10 @@ def dense_out(impl: str) -> np.ndarray:
         return np.asarray(hl.Linear.from_params(k, b)(jnp.asarray(x)))
     if impl == "flax":
         return np.asarray(nn.Dense(128).apply({"params": {"kernel": k, "bias": b}}, x))
+    if impl == "nnx":
+        layer = nnx.Linear(784, 128, rngs=nnx.Rngs(0))
+        layer.kernel[...], layer.bias[...] = k, b
+        return np.asarray(layer(x))
     K = keras_modules()
     layer = K.keras.layers.Dense(128)
     layer.build((None, 784))
@@ -110,10 +117,15 @@ def conv_results(case, padding, impl):
         y, cache = ref.conv2d(x, k, b, (s, s), padding)
         r = cotangent(case, y.shape)
         return (y, *ref.conv2d_backward(r, cache))
-    if impl in ("handrolled", "flax"):
+    if impl in ("handrolled", "flax", "nnx"):
         if impl == "flax":
             conv = nn.Conv(COUT, (kh, kw), strides=(s, s), padding=padding)
             fwd = lambda x, k, b: conv.apply({"params": {"kernel": k, "bias": b}}, x)  # noqa: E731
+        elif impl == "nnx":
+            graphdef = nnx.graphdef(nnx.Conv(CIN, COUT, (kh, kw), strides=(s, s), padding=padding,
+                                             rngs=nnx.Rngs(0)))
+            # a layer rebuilt around (k, b) on each call, so jax.grad sees them as inputs
+            fwd = lambda x, k, b: nnx.merge(graphdef, {"kernel": k, "bias": b})(x)  # noqa: E731
         else:  # the default impl="lax", as the models use (im2col vs lax is a unit test)
             fwd = lambda x, k, b: hl.Conv2D.from_params(k, b, stride=s, padding=padding)(x)  # noqa: E731
         y = np.asarray(jax.jit(fwd)(x, k, b))
@@ -178,6 +190,8 @@ def pool_out(window, stride, hw, impl):
         return np.asarray(hl.MaxPool2D(window, stride)(jnp.asarray(x)))
     if impl == "flax":
         return np.asarray(nn.max_pool(jnp.asarray(x), window, strides=stride, padding="VALID"))
+    if impl == "nnx":
+        return np.asarray(nnx.max_pool(jnp.asarray(x), window, strides=stride, padding="VALID"))
     K = keras_modules()
     return np.asarray(K.keras.layers.MaxPooling2D(window, strides=stride)(x))
 
@@ -236,6 +250,8 @@ def model_logits(impl, name, weights, x):
         return np.asarray(jax.jit(lambda m, x: m(x))(hmodels.from_weights(name, weights), x))
     if impl == "flax":
         return np.asarray(jax.jit(flax_models.get_model(name).apply)({"params": flax_models.weights_to_params(weights)}, x))
+    if impl == "nnx":
+        return np.asarray(jax.jit(lambda m, x: m(x))(nnx_models.from_weights(name, weights), x))
     K = keras_modules()
     model = keras_model(name)
     K.models.set_weights(model, weights)

@@ -1,10 +1,10 @@
 """Cross-entropy, sparse and one-hot, from logits and from probabilities, in the three implementations.
 
 From logits: hand-rolled `sparse_cross_entropy_with_logits` / `cross_entropy_with_logits`, optax's
-`softmax_cross_entropy_with_integer_labels` / `softmax_cross_entropy` (what the Flax training step
-uses), Keras's `SparseCategoricalCrossentropy` / `CategoricalCrossentropy(from_logits=True)`. All three
-are stable for any finite logits and never clip: they agree with the float64 reference, values and
-gradients, even at logits of +-1000.
+`softmax_cross_entropy_with_integer_labels` / `softmax_cross_entropy` (what the Flax linen and NNX
+training steps use, so "flax" and "nnx" run the same functions), Keras's `SparseCategoricalCrossentropy`
+/ `CategoricalCrossentropy(from_logits=True)`. All three are stable for any finite logits and never
+clip: they agree with the float64 reference, values and gradients, even at logits of +-1000.
 
 From probabilities (Flax/optax has no such loss): hand-rolled `sparse_cross_entropy` /
 `cross_entropy` clip p to [1e-7, 1] and do not renormalise; Keras (`from_logits=False`, when it cannot
@@ -60,7 +60,7 @@ def logit_losses(impl: str) -> dict[str, np.ndarray]:
         per = ref.sparse_xent_logits(Y, Z)
         return {"sparse": per, "onehot": per, "sparse_mean": per.mean(), "onehot_mean": per.mean(),
                 "grad": ref.sparse_xent_logits_grad(Y, Z)}
-    if impl in ("handrolled", "flax"):
+    if impl in ("handrolled", "flax", "nnx"):
         if impl == "handrolled":
             sparse = lambda z: hl.sparse_cross_entropy_with_logits(Y, z, reduction="none")  # noqa: E731
             dense = lambda z: hl.cross_entropy_with_logits(onehot, z, reduction="none")  # noqa: E731

@@ -2,7 +2,8 @@
 
 Optimizers are the ones training uses, built from the same `TrainConfig` by each implementation's
 `make_optimizer`: hand-rolled `SGD`/`Adam` (pure `update`, jitted), optax (`flax_impl.optimizers`),
-Keras's `SGD`/`Adam` (`apply_gradients` on Keras variables). Two more Keras-convention Adams: optax's
+the same optax transformation driven by `nnx.Optimizer.update` on an NNX module (what `nnx_impl`
+trains with), Keras's `SGD`/`Adam` (`apply_gradients` on Keras variables). Two more Keras-convention Adams: optax's
 own `adam` made to reproduce Keras with the epsilon schedule eps(t) = eps_hat / sqrt(1 - b2^t)
 through `optax.inject_hyperparams` (with `static_args=("b1", "b2")`), and the float64 formula.
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import float64_reference as ref
 from fmnist.config import TrainConfig
@@ -58,10 +60,10 @@ CONFIGS = {
 
 # Which implementations each optimizer has. Keras has no paper-convention Adam (it refuses it).
 IMPLS_OF = {
-    "sgd": ("float64", "handrolled", "flax", "keras"),
-    "sgd_momentum": ("float64", "handrolled", "flax", "keras"),
-    "adam_keras": ("float64", "handrolled", "flax", "optax-eps-schedule", "keras"),
-    "adam_paper": ("float64", "handrolled", "flax"),
+    "sgd": ("float64", "handrolled", "flax", "nnx", "keras"),
+    "sgd_momentum": ("float64", "handrolled", "flax", "nnx", "keras"),
+    "adam_keras": ("float64", "handrolled", "flax", "nnx", "optax-eps-schedule", "keras"),
+    "adam_paper": ("float64", "handrolled", "flax", "nnx"),
 }
 
 
@@ -95,6 +97,26 @@ def run_optax(tx, params, grads):
     return run_jax(update, tx.init(jax.tree.map(jnp.asarray, params)), params, grads)
 
 
+class _Params(nnx.Module):
+    """An NNX module whose `nnx.Param`s are the problem's arrays, by name."""
+
+    def __init__(self, arrays):
+        for name, value in arrays.items():
+            setattr(self, name, nnx.Param(jnp.asarray(value)))
+
+
+def run_nnx(tx, params, grads):
+    """`nnx.Optimizer(module, tx, wrt=nnx.Param).update(module, grads)`, in an `nnx.jit`, per step."""
+    module = _Params(params)
+    optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
+    step = nnx.jit(lambda module, optimizer, g: optimizer.update(module, g))
+    out = []
+    for g in grads:
+        step(module, optimizer, nnx.state(_Params(g), nnx.Param))  # gradients shaped like the params
+        out.append({k: np.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(module, nnx.Param)).items()})
+    return out
+
+
 def run_keras(optimizer, params, grads):
     """`optimizer.apply_gradients` on Keras variables, eagerly, one call per step."""
     K = keras_modules()
@@ -120,6 +142,8 @@ def trajectory(case: str, impl: str) -> list[dict]:
         return run_jax(opt.update, opt.init(jax.tree.map(jnp.asarray, params)), params, grads)
     if impl == "flax":
         return run_optax(flax_opt.make_optimizer(config), params, grads)
+    if impl == "nnx":
+        return run_nnx(flax_opt.make_optimizer(config), params, grads)
     if impl == "optax-eps-schedule":
         return run_optax(eps_schedule_adam(config), params, grads)
     return run_keras(keras_modules().train.make_optimizer(config), params, grads)
@@ -158,7 +182,7 @@ def test_optimizer_trajectories(case, a, b):
 # --------------------------------------------------------------------------- the teaching point
 
 
-@pytest.mark.parametrize("keras_like", ["float64", "handrolled", "flax", "optax-eps-schedule",
+@pytest.mark.parametrize("keras_like", ["float64", "handrolled", "flax", "nnx", "optax-eps-schedule",
                                         pytest.param("keras", marks=needs_keras)])
 def test_optax_adam_with_eps_1e7_is_not_keras_adam(keras_like):
     """`optax.adam(lr, eps=1e-7)` is NOT Keras's `Adam(epsilon=1e-7)`: optax adds eps to sqrt(v_hat),

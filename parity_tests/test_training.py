@@ -5,6 +5,7 @@ the first 100 batches of the shared order (`fmnist.loop.train_loader(config, spl
 real Fashion-MNIST), with Adam in the Keras convention everywhere:
   hand-rolled: `handrolled.train.make_run_steps` (the fast path `train_and_evaluate` uses)
   Flax:        `flax_impl.train.make_run_steps` on a `TrainState`
+  NNX:         `nnx_impl.train.make_run_steps` on `nnx.split((model, optimizer))`
   Keras:       `keras_baseline.train.train_steps` (one `train_on_batch` per batch; weights bitwise
                those of `fit` on the same batches)
   float64:     NumPy backprop and the float64 Adam formula (float64_reference.train_adam)
@@ -14,7 +15,7 @@ lr * g / (|g| + eps_hat / sqrt(1 - b2)) = lr * g / (|g| + 3.2e-6): on the many w
 is tiny (|g| <~ 1e-6: pixels that are almost always black, units that barely fire), a rounding
 difference dg in the gradient moves the step by lr * dg / 3.2e-6 = 316 dg. Those gradients are sums
 of terms of ~1e-2 that cancel, so dg ~ 4e-9 and the parameters differ by ~1e-6 after ONE step, in
-every pair that rounds differently (hand-rolled and Flax round identically). That is harmless until a ReLU pre-activation or the gap between the two largest values
+every pair that rounds differently (hand-rolled, Flax and NNX round identically). That is harmless until a ReLU pre-activation or the gap between the two largest values
 of a max-pool window is within ~1e-6 of zero: then one implementation passes the gradient where the
 other does not, and the difference jumps to ~1e-5 and grows (chaos). Measured:
   MLP   float32 trio: no such event in 100 steps (4 seeds); float64 vs float32: a ReLU flips at
@@ -27,7 +28,8 @@ other does not, and the difference jumps to ~1e-5 and grows (chaos). Measured:
         other ties). float64 vs float32: a ReLU flips at step 2.
 So parameters are asserted where the arithmetic guarantees agreement: all pairs at steps 1 and 10 for
 the MLP and the CNN (float64 only at step 1 for the CNN), the float32 trio at step 100 for the MLP,
-and hand-rolled vs Flax exactly at steps 1, 10 and 100 for both models (the same compiled operations).
+and hand-rolled vs Flax vs NNX exactly at steps 1, 10 and 100 for both models (the same compiled
+operations).
 For the CNN at step 100, `test_step_100_from_the_same_state` checks what a trajectory cannot: from
 the hand-rolled run's state after 99 steps (weights AND Adam's m, v, t), one more step in each
 implementation agrees tightly, so the step itself is the same at t = 100.
@@ -47,6 +49,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import float64_reference as ref
 from fmnist.config import TrainConfig
@@ -59,6 +62,8 @@ from flax_impl import train as flax_train
 from handrolled import models as hmodels
 from handrolled import train as htrain
 from handrolled.optimizers import AdamState
+from nnx_impl import models as nnx_models
+from nnx_impl import train as nnx_train
 from parity import COMPARISONS, PAIRS, check, keras_modules, max_abs_diff, record
 
 TRAIN_LIMIT, VAL_SIZE = 4000, 1000
@@ -137,6 +142,19 @@ def run_steps_in(impl, model_name, splits, weights, batches, groups, adam_state=
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
             saved[stop] = flax_models.params_to_weights(state.params)
+    elif impl == "nnx":
+        model = nnx_models.from_weights(model_name, weights)
+        optimizer = nnx_train.create_optimizer(model, flax_opt.make_optimizer(config))
+        if m is not None:  # what optimizer.update itself does with the new optax state
+            nnx.update(optimizer.opt_state, nnx.state(flax_opt.KerasAdamState(
+                count=jnp.int32(t), mu=flax_models.weights_to_params(m), nu=flax_models.weights_to_params(v))))
+            optimizer.step[...] = t
+        state = nnx.split((model, optimizer))
+        run = nnx_train.make_run_steps(x, y, **fast_path(model_name))  # as trained
+        for start, stop in groups:
+            state, group_losses, _ = run(state, batches[start:stop])
+            losses.append(np.asarray(group_losses))
+            saved[stop] = nnx_models.to_weights(nnx.merge(*state)[0])
     elif impl == "keras":
         K = keras_modules()
         model = keras_model_in_state(model_name, config, weights, m, v, t)
@@ -207,21 +225,26 @@ def test_parameters_after_1_10_100_steps(model_name, trajectory, a, b):
     check(f"{model_name} batch losses of steps 1-{last} {a} vs {b}", max_abs_diff(la[:last], lb[:last]), LOSS_TOL)
 
 
-def test_the_two_jax_implementations_train_bit_identically(model_name, trajectory):
-    """Hand-rolled and Flax: the same losses and parameters after 1, 10 and 100 steps, to the bit.
+def test_the_jax_implementations_train_bit_identically(model_name, trajectory):
+    """Hand-rolled, Flax linen and Flax NNX: the same losses and parameters after 1, 10 and 100
+    steps, to the bit.
 
-    Written independently, they build the same XLA operations in the same order (first-max pool,
-    shifted first conv whose kernel gradient is one matrix product, two-slice gradient, Keras-
-    convention Adam), so the compiled steps round identically. Measured: 0 at steps 1, 10, 100, MLP
-    and CNN. A reordered sum breaks it: with the Flax first conv's kernel gradient written as an
-    einsum (XLA then transposed both operands and summed in another order), the CNN pair was 1.5e-8
-    apart after one step and 2.4e-7 in batch losses. So the pair differs only in the library code
-    around the same math, and a change to either that alters the arithmetic shows up here.
+    Written independently (NNX reuses linen's first conv and pool functions, nothing else), they
+    build the same XLA operations in the same order (first-max pool, shifted first conv whose kernel
+    gradient is one matrix product, two-slice gradient, Keras-convention Adam), so the compiled steps
+    round identically. Measured: 0 at steps 1, 10, 100, MLP and CNN, all three pairs (jax 0.10.2 /
+    flax 0.12.8 and jax 0.12.0.1 / flax 0.12.12). A reordered sum breaks it: with the Flax first
+    conv's kernel gradient written as an einsum (XLA then transposed both operands and summed in
+    another order), the CNN pair was 1.5e-8 apart after one step and 2.4e-7 in batch losses. So the
+    implementations differ only in the library code around the same math (NNX: graph split/merge,
+    `nnx.Optimizer`), and a change to any of them that alters the arithmetic shows up here.
     """
-    (la, wa, _), (lb, wb, _) = trajectory("handrolled"), trajectory("flax")
-    np.testing.assert_array_equal(la, lb)
-    for step in SNAPSHOTS:
-        assert max_abs_diff(wa[step], wb[step]) == 0.0, f"{model_name} params after {step} steps differ"
+    (la, wa, _) = trajectory("handrolled")
+    for other in ("flax", "nnx"):
+        lb, wb, _ = trajectory(other)
+        np.testing.assert_array_equal(la, lb, err_msg=f"{model_name} batch losses handrolled vs {other}")
+        for step in SNAPSHOTS:
+            assert max_abs_diff(wa[step], wb[step]) == 0.0, f"{model_name} params after {step} steps handrolled vs {other}"
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +296,8 @@ def run_epoch(impl, model_name, splits):
         return htrain.train_and_evaluate(config, splits, weights, callbacks=())
     if impl == "flax":
         return flax_train.train_and_evaluate(config, splits, weights, callbacks=())
+    if impl == "nnx":
+        return nnx_train.train_and_evaluate(config, splits, weights, callbacks=())
     return keras_modules().train.train_and_evaluate(config, splits, weights, callbacks=())
 
 
@@ -297,7 +322,7 @@ def epoch_run(model_name, splits):
 #   loss <= 3.1e-7). Asserted: losses 1e-6, accuracies 1e-6 (< 1/4000: the same correct count).
 #
 # "apart" (a decision flipped and the runs separated; the CNN always does within 125 steps, except
-#   hand-rolled vs Flax, which round identically and stay "together" at 0 difference; the MLP
+#   the JAX pairs (hand-rolled, Flax, NNX), which round identically and stay "together" at 0; the MLP
 #   did in 1 of 12 runs perturbed by N(0, 1e-7) and in 20 of 20 perturbed by N(0, 1e-6)): what remains
 #   equal is statistical. Measured spread of such runs against the unperturbed one:
 #     CNN (12 runs, N(0, 1e-7), plus 6 seeds of JAX vs Keras): epoch-mean loss up to 5.0e-3 (median

@@ -18,7 +18,8 @@ def test_bench_json_schema(small_splits, capsys):
                             as_json=True, splits=small_splits) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"mlp", "cnn", "ratios", "ratio_ranges", "machine"}
-    for model, names in (("mlp", {"handrolled", "flax", "keras", "bound"}), ("cnn", {"handrolled", "flax", "keras"})):
+    for model, names in (("mlp", {"handrolled", "flax", "nnx", "keras", "bound"}),
+                         ("cnn", {"handrolled", "flax", "nnx", "keras"})):
         r = out[model]
         assert set(r) == names | {"samples", "batch_size", "steps_timed", "steps_per_epoch"}
         assert r["batch_size"] == bench.DEFAULT_SETUPS[model][0]
@@ -28,8 +29,9 @@ def test_bench_json_schema(small_splits, capsys):
         for name in names:
             assert len(r["samples"][name]) == 2 and all(t > 0 for t in r["samples"][name])
             assert r[name] > 0
-    assert set(out["ratios"]["mlp"]) == {"keras/handrolled", "keras/flax", "handrolled/bound", "flax/bound"}
-    assert set(out["ratios"]["cnn"]) == {"keras/handrolled", "keras/flax"}
+    assert set(out["ratios"]["mlp"]) == {"keras/handrolled", "keras/flax", "keras/nnx", "handrolled/bound",
+                                         "flax/bound", "nnx/bound"}
+    assert set(out["ratios"]["cnn"]) == {"keras/handrolled", "keras/flax", "keras/nnx"}
     for model in ("mlp", "cnn"):
         assert set(out["ratio_ranges"][model]) == set(out["ratios"][model])
         for low, high in out["ratio_ranges"][model].values():

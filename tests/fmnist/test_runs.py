@@ -56,8 +56,12 @@ class InterruptAfter(Callback):
 def trainer(impl):
     import importlib
 
+    if impl == "keras":
+        pytest.importorskip("tensorflow", reason="TensorFlow is not installed")
     return importlib.import_module({"handrolled": "handrolled.train", "flax": "flax_impl.train",
-                                    "nnx": "nnx_impl.train"}[impl]).train_and_evaluate
+                                    "nnx": "nnx_impl.train", "keras": "keras_baseline.train",
+                                    "keras-jax": "keras_baseline.jax_backend"}[impl]
+                                   ).train_and_evaluate
 
 
 def without_seconds(rows):
@@ -65,11 +69,14 @@ def without_seconds(rows):
 
 
 JAX_IMPLS = ["handrolled", "flax", "nnx"]
+ALL_IMPLS = [*JAX_IMPLS, "keras", "keras-jax"]
 
 
-# Every JAX implementation on the MLP; the CNN (slow to compile three times) in the hand-rolled
-# one, which shares the loop and the checkpointing with the others (fmnist.loop.fit).
-@pytest.mark.parametrize("impl, model", [("handrolled", "mlp"), ("flax", "mlp"), ("nnx", "mlp"), ("handrolled", "cnn")])
+# Every implementation on the MLP; the CNN (slow to compile three times) in the hand-rolled one,
+# which shares the loop and the checkpointing with Flax and NNX (fmnist.loop.fit). Keras resumes
+# from its own saved variables (keras_baseline.checkpoint) with fit(initial_epoch=...), and
+# keras-jax runs that same code in its child: measured bit-identical too, on both backends.
+@pytest.mark.parametrize("impl, model", [*[(impl, "mlp") for impl in ALL_IMPLS], ("handrolled", "cnn")])
 def test_resume_equals_uninterrupted_bit_for_bit(impl, model, real_splits, tmp_path):
     sizes, epochs, stop_after = RESUME[model]
     splits = real_splits(**sizes)
@@ -87,7 +94,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(impl, model, real_splits, tmp_p
             assert np.array_equal(resumed.weights[layer][kind], whole.weights[layer][kind]), (layer, kind)
 
 
-@pytest.mark.parametrize("impl", JAX_IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_a_non_finite_loss_stops_training_at_its_step(impl, small):
     cfg = config("mlp", epochs=2, optimizer="sgd", lr=1e30)
     with pytest.raises(NonFiniteLoss) as stopped:

@@ -1,0 +1,628 @@
+"""--impl keras-jax: the unchanged `keras_baseline` model and training code on Keras 3's JAX backend.
+
+Why a child process. Keras picks its backend once, at the first `import keras`, and the process
+that asks for keras-jax may already hold Keras on TensorFlow (`fmnist compare --impls keras
+keras-jax`, the parity suite). So `train_and_evaluate` here starts
+
+    python -m keras_baseline.jax_backend --train DIR --events-fd N     (KERAS_BACKEND=jax)
+
+and the parent (this module, imported) imports neither Keras, JAX nor TensorFlow.
+
+    DIR             request.json (config, progress mode), the six split arrays as .npy (np.save: the
+                    training set is 172 MB, too big to pickle through a pipe), initial_weights.npz;
+                    the child writes result.json (history rows, test metrics, a SHA-256 of the final
+                    weights, checked by the parent) and weights.npz.
+    child stdout    Keras's own progress output, copied to the parent's ProgressBar stream as it comes.
+    child stderr    copied to the parent's stderr; its last lines go into the error if the child fails.
+    fd N            JSON lines, one per project-callback call in the child (train_begin, epoch_begin,
+                    batch_end when some callback wants it, epoch_end with the epoch's row, train_end):
+                    the parent makes the same calls on its callbacks as they arrive.
+    child stdin     after each epoch_end the parent answers {"stop": bool}, its callbacks' stop_training.
+                    End of file means the parent is gone: the child removes DIR and exits at once.
+
+A child that fails (exit status != 0, or killed) raises `KerasJaxError` with its last stderr lines.
+Ctrl-C in the parent terminates the child (which ignores SIGINT itself, so it is stopped by the
+parent, once, and prints no traceback of its own).
+
+TensorFlow is blocked in the child (`sys.modules["tensorflow"] = None` before `import keras`):
+`keras.utils.set_random_seed` imports TensorFlow whenever it is installed, to seed `tf.data` (3-5 s
+and 0.6 GB per child here, for a run that uses no tf.data), and blocking it shows the run needs none.
+
+The parity worker, `python -m keras_baseline.jax_backend --parity DIR` (`run_parity`), computes in
+one child what parity_tests/test_keras_jax.py compares: logits, loss and gradients, training steps,
+single layers and Adam updates on the JAX backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import collections
+import hashlib
+import importlib.util
+import json
+import os
+import queue
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from fmnist.callbacks import Callback, CallbackList, ProgressBar
+from fmnist.config import TrainConfig
+from fmnist.data import Splits
+from fmnist.history import RunResult
+from fmnist.loop import NonFiniteLoss
+from fmnist.weights import Weights, check_weights, load_weights, save_weights
+from keras_baseline import rules
+from keras_baseline.verbosity import split_progress, wants_batches
+
+# Found without importing them, so that `fmnist.runner.preflight` refuses keras-jax cheaply when
+# the child could not run (ImportError with `name` is what the runner turns into its message).
+for _name in ("keras", "jax"):
+    if importlib.util.find_spec(_name) is None:
+        raise ImportError(f"--impl keras-jax needs {_name} (Keras 3 on its JAX backend)", name=_name)
+
+SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+STDERR_TAIL = 20        # stderr lines of a failed child quoted in the error
+TERMINATE_GRACE_S = 5   # after SIGTERM, how long a child gets before SIGKILL
+
+
+class KerasJaxError(RuntimeError):
+    """The keras-jax child process failed; the message quotes its last stderr lines."""
+
+
+# --------------------------------------------------------------------------- parent: training
+
+def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
+                       callbacks=(), checkpoint_dir=None) -> RunResult:
+    """Train and evaluate like `keras_baseline.train.train_and_evaluate`, on Keras's JAX backend, in a child.
+
+    A `ProgressBar` among `callbacks` gets Keras's own progress output on its stream; the other
+    project callbacks get their calls here, epoch by epoch as the child runs. `checkpoint_dir`, when
+    given, is handed to `keras_baseline.train.train_and_evaluate` in the child unchanged, so that
+    keras-jax does what `--impl keras` does with it.
+    """
+    rules.check(config)  # refuse before paying for a child start
+    check_weights(config.model, initial_weights)
+    interactive, stream, forwarded = split_progress(callbacks)
+    forwarder = _Forwarder(config, forwarded)
+    with tempfile.TemporaryDirectory(prefix="fmnist-keras-jax-") as tmp:
+        directory = Path(tmp)
+        write_train_request(directory, config, splits, initial_weights,
+                            progress=None if stream is None else {"interactive": interactive},
+                            batches=wants_batches(forwarded), checkpoint_dir=checkpoint_dir)
+        run_child(["--train", str(directory)], on_event=forwarder, out=stream)
+        result = json.loads((directory / "result.json").read_text())
+        if "non_finite" in result:
+            raise NonFiniteLoss(*result["non_finite"])
+        weights = load_weights(directory / "weights.npz")
+    if weights_digest(weights) != result["weights_sha256"]:
+        raise KerasJaxError("the weights read back from the keras-jax child differ from those it saved")
+    return RunResult(impl="keras-jax", config=config, epochs=result["epochs"], test_loss=result["test_loss"],
+                     test_accuracy=result["test_accuracy"], weights=weights)
+
+
+def write_train_request(directory: Path, config: TrainConfig, splits: Splits, initial_weights: Weights,
+                        progress: dict | None = None, batches: bool = False, checkpoint_dir=None) -> None:
+    """What a `--train DIR` child reads: request.json, the split arrays, the initial weights."""
+    checkpoint = None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())
+    (directory / "request.json").write_text(json.dumps({"config": config.to_dict(), "progress": progress,
+                                                        "batches": batches, "checkpoint_dir": checkpoint}))
+    for field in SPLIT_FIELDS:
+        np.save(directory / f"{field}.npy", getattr(splits, field), allow_pickle=False)
+    save_weights(directory / "initial_weights.npz", initial_weights)
+
+
+def weights_digest(weights: Weights) -> str:
+    """SHA-256 of canonical weights: layer and array names in order, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for layer, params in weights.items():
+        for key, value in params.items():
+            a = np.ascontiguousarray(value)
+            h.update(f"{layer}/{key}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _Forwarder:
+    """Makes the child's project-callback calls on the parent's callbacks; answers each epoch_end."""
+
+    def __init__(self, config: TrainConfig, callbacks):
+        self.config, self.callbacks = config, CallbackList(callbacks)
+
+    def __call__(self, event: dict):
+        kind = event["event"]
+        if kind == "train_begin":
+            self.callbacks.on_train_begin(self.config)  # the parent's own config object
+        elif kind == "epoch_begin":
+            self.callbacks.on_epoch_begin(event["epoch"], event["num_steps"])
+        elif kind == "batch_end":
+            self.callbacks.on_batch_end(event["step"], event["logs"])
+        elif kind == "epoch_end":
+            self.callbacks.on_epoch_end(event["epoch"], event["logs"])
+            return {"stop": bool(self.callbacks.stop_training)}
+        elif kind == "train_end":
+            self.callbacks.on_train_end(event["logs"])
+        return None
+
+
+# --------------------------------------------------------------------------- parent: the child process
+
+def child_command(args) -> list[str]:
+    """The command line of a child: this module run by the parent's Python, unbuffered."""
+    return [sys.executable, "-u", "-m", "keras_baseline.jax_backend", *args]
+
+
+def child_env() -> dict:
+    """The parent's environment with KERAS_BACKEND=jax and UTF-8 output (Keras's bar draws '━')."""
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONIOENCODING="utf-8")
+    # Make this checkout importable in the child even when it is not installed (tests run from the tree).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_child(args, on_event=None, out=None, command=None, timeout: float | None = None) -> None:
+    """Run a child (`child_command(args)`, or `command`) to its end; see `Child`."""
+    with Child(args, on_event=on_event, out=out, command=command, timeout=timeout) as child:
+        child.wait()
+
+
+class Child:
+    """A child process, started at once; `wait()` relays what it sends until it ends.
+
+    stdout text goes to `out` (dropped if None), stderr to this process's stderr; each JSON line on
+    the events pipe is passed to `on_event(event)`, and a dict it returns is written back to the
+    child's stdin as one JSON line. `wait()` raises `KerasJaxError` if the child fails or is still
+    running `timeout` seconds after its start. Leaving the `with` block, normally or by any
+    exception (Ctrl-C included), terminates a child that still runs.
+    """
+
+    def __init__(self, args, on_event=None, out=None, command=None, timeout: float | None = None):
+        self.argv = list(command if command is not None else child_command(args))
+        self.timeout = timeout
+        read_events, write_events = os.pipe()
+        try:
+            self.proc = subprocess.Popen([*self.argv, "--events-fd", str(write_events)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         pass_fds=(write_events,), env=child_env())
+        except BaseException:
+            os.close(read_events)
+            raise
+        finally:
+            os.close(write_events)  # the child holds its copy; EOF on ours means the child is gone
+        self.relay = _Relay(self.proc, read_events, on_event, out, timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self) -> None:
+        """Terminate the child if it still runs (SIGTERM, then SIGKILL after a grace period); close the pipes."""
+        _stop(self.proc)
+        self.relay.close()
+
+    def wait(self) -> None:
+        """Relay until the child ends; raise `KerasJaxError` unless it exited with status 0."""
+        try:
+            returncode = self.relay.run()
+        finally:
+            self.stop()
+        relay = self.relay
+        if relay.timed_out:
+            raise KerasJaxError(f"the keras-jax child process ({' '.join(self.argv)}) ran past its "
+                                f"{self.timeout:g} s limit and was stopped{relay.tail_text()}")
+        if returncode != 0:
+            how = (f"was killed by signal {_signal_name(-returncode)}" if returncode < 0
+                   else f"exited with status {returncode}")
+            what = f": {relay.error['type']}: {relay.error['message']}" if relay.error else ""
+            raise KerasJaxError(f"the keras-jax child process ({' '.join(self.argv)}) {how}{what}"
+                                f"{relay.tail_text()}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the child if it still runs (SIGTERM, then SIGKILL after a grace period) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class _Relay:
+    """One loop over the child's stdout, stderr and events pipe, in arrival order, until all close."""
+
+    def __init__(self, proc, events_fd, on_event, out, timeout):
+        self.proc, self.on_event, self.out = proc, on_event, out
+        self.deadline = None if timeout is None else time.monotonic() + timeout  # from the child's start
+        self.events_file = os.fdopen(events_fd, "rb", buffering=0)
+        self.tail = collections.deque(maxlen=STDERR_TAIL)
+        self.error, self.timed_out = None, False
+        self._partial = {"err": "", "events": b""}
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("out", "err")}
+
+    def run(self) -> int | None:
+        """Relay until the child closes all three pipes and exits; its exit status (None: timed out)."""
+        deadline = self.deadline
+        sel = selectors.DefaultSelector()
+        # Registration order is the handling order within one wake-up: the child writes its progress
+        # text before the event that follows it, so draining stdout first keeps the two in order.
+        for fileobj, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err"), (self.events_file, "events")):
+            sel.register(fileobj, selectors.EVENT_READ, name)
+        order = {"out": 0, "err": 1, "events": 2}
+        try:
+            while sel.get_map():
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = sel.select(wait)
+                if not ready and deadline is not None and time.monotonic() >= deadline:
+                    self.timed_out = True
+                    return None
+                for key, _ in sorted(ready, key=lambda r: order[r[0].data]):
+                    data = os.read(key.fd, 1 << 16)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                    getattr(self, f"_on_{key.data}")(data)
+        finally:
+            sel.close()
+        try:  # the pipes are closed; the exit follows at once (a bounded wait all the same)
+            return self.proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.timed_out = True
+            return None
+
+    def _on_out(self, data: bytes):
+        text = self._decoders["out"].decode(data, final=not data)
+        if text and self.out is not None:
+            try:
+                self.out.write(text)
+            except UnicodeEncodeError:  # a stream that cannot show '━' (Keras itself falls back likewise)
+                encoding = getattr(self.out, "encoding", None) or "ascii"
+                self.out.write(text.encode(encoding, "replace").decode(encoding))
+            self.out.flush()
+
+    def _on_err(self, data: bytes):
+        text = self._decoders["err"].decode(data, final=not data)
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        lines = (self._partial["err"] + text).split("\n")
+        self._partial["err"] = lines.pop() if data else ""
+        self.tail.extend(line for line in lines if line.strip())
+
+    def _on_events(self, data: bytes):
+        lines = (self._partial["events"] + data).split(b"\n")
+        self._partial["events"] = lines.pop() if data else b""
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                raise KerasJaxError(f"the keras-jax child sent an unreadable event: {line[:200]!r}") from None
+            if event.get("event") == "error":
+                self.error = event
+                continue
+            reply = self.on_event(event) if self.on_event is not None else None
+            if reply is not None:
+                try:
+                    self.proc.stdin.write(json.dumps(reply).encode() + b"\n")
+                    self.proc.stdin.flush()
+                except BrokenPipeError:  # the child died meanwhile; its exit status tells why
+                    pass
+
+    def tail_text(self) -> str:
+        lines = list(self.tail) + ([self._partial["err"]] if self._partial["err"].strip() else [])
+        if not lines:
+            return " (it wrote nothing to stderr)"
+        return "; the last lines of its stderr:\n" + "\n".join("    " + line for line in lines[-STDERR_TAIL:])
+
+    def close(self):
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr, self.events_file):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- parent: the parity worker
+
+def run_parity(items: list[dict], arrays: dict[str, np.ndarray], weights: dict[str, Weights],
+               jax_config: dict | None = None, timeout: float = 900) -> dict[str, dict]:
+    """Compute every item on the JAX backend in ONE child process; return {item name: results}.
+
+    Items name their inputs: arrays by key in `arrays`, weights by key in `weights`. Kinds:
+      logits          model, weights, x                    -> {"logits"}   (`train.logits`, eager)
+      loss_and_grads  model, weights, x, y                 -> {"loss", "grads"}  (`train.loss_and_grads`)
+      train_steps     config, weights, x, y, batches, batch_sizes, snapshots
+                      -> {"losses", "after": {step: weights}}  (`compiled_model` + `train_on_batch`;
+                      batches: one flat index array, cut into `batch_sizes`)
+      dense           x, kernel, bias                      -> {"y"}  (a `Dense` layer, called eagerly)
+      conv            x, kernel, bias, r, strides, padding -> {"y", "dx", "dkernel", "dbias"} (a `Conv2D`,
+                      jitted, gradients of sum(r * y) by `jax.grad` of its `stateless_call`)
+      adam            config, params (names), grads (names of (T, ...) arrays), snapshots
+                      -> {"jit": {t: params}, "eager": {t: params}}  (jitted `stateless_apply`, as
+                      the trainer steps; and `apply_gradients` op by op)
+    `jax_config` is applied with `jax.config.update` first (e.g. the parity suite's matmul precision).
+    """
+    with tempfile.TemporaryDirectory(prefix="fmnist-keras-jax-parity-") as tmp:
+        directory = Path(tmp)
+        (directory / "arrays").mkdir()
+        (directory / "weights").mkdir()
+        for key, array in arrays.items():
+            np.save(directory / "arrays" / f"{key}.npy", np.asarray(array), allow_pickle=False)
+        for key, w in weights.items():
+            save_weights(directory / "weights" / f"{key}.npz", w)
+        (directory / "request.json").write_text(json.dumps({"items": items, "jax_config": jax_config or {}}))
+        run_child(["--parity", str(directory)], timeout=timeout)
+        return {item["name"]: _unflatten(np.load(directory / "results" / f"{i}.npz"))
+                for i, item in enumerate(items)}
+
+
+def pack_batches(batches) -> tuple[np.ndarray, np.ndarray]:
+    """A list of index arrays (sizes may differ) as (flat int32 indices, int32 sizes), for `train_steps`."""
+    batches = [np.asarray(b, np.int32) for b in batches]
+    return np.concatenate(batches), np.array([len(b) for b in batches], np.int32)
+
+
+def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
+    if isinstance(tree, dict):
+        flat = {}
+        for k, v in tree.items():
+            flat.update(_flatten(v, f"{prefix}{k}/"))
+        return flat
+    return {prefix[:-1]: np.asarray(tree)}
+
+
+def _unflatten(npz) -> dict:
+    out: dict = {}
+    with npz:
+        for key in npz.files:
+            *path, last = [int(p) if p.isdigit() else p for p in key.split("/")]
+            node = out
+            for p in path:
+                node = node.setdefault(p, {})
+            value = npz[key]
+            node[last] = value.item() if value.ndim == 0 else value
+    return out
+
+
+# --------------------------------------------------------------------------- child
+
+class _PipeCallback(Callback):
+    """In the child: sends each project-callback call to the parent; waits for its answer after an epoch."""
+
+    def __init__(self, events, replies: queue.Queue):
+        self.events, self.replies = events, replies
+
+    def send(self, event: dict) -> None:
+        sys.stdout.flush()  # Keras's progress text before the event that follows it (see _Relay.run)
+        self.events.write(json.dumps(event) + "\n")
+        self.events.flush()
+
+    def on_train_begin(self, config):
+        self.send({"event": "train_begin"})
+
+    def on_epoch_begin(self, epoch, num_steps):
+        self.send({"event": "epoch_begin", "epoch": epoch, "num_steps": num_steps})
+
+    def on_epoch_end(self, epoch, logs):
+        self.send({"event": "epoch_end", "epoch": epoch, "logs": logs})
+        self.stop_training = bool(self.replies.get()["stop"])
+
+    def on_train_end(self, logs):
+        self.send({"event": "train_end", "logs": logs})
+
+
+class _BatchPipeCallback(_PipeCallback):
+    """Also sends on_batch_end: only used when a parent callback wants batches (a sync per step)."""
+
+    def on_batch_end(self, step, logs):
+        self.send({"event": "batch_end", "step": step, "logs": logs})
+
+
+def _watch_parent(replies: queue.Queue, directory: Path) -> None:
+    """Queue the parent's answers from stdin; when stdin closes (the parent is gone), remove the
+    request directory and exit the process at once."""
+    def watch():
+        pending = b""
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader's lock aborts
+        # the interpreter at shutdown.
+        while chunk := os.read(0, 1 << 12):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                replies.put(json.loads(line))
+        # A parent killed without its cleanup (SIGTERM, SIGKILL) leaves its temporary directory
+        # (172 MB with the full training set); a parent that closes stdin normally has finished with
+        # it, or is removing it itself. Nothing else to wait for: nobody wants the results.
+        shutil.rmtree(directory, ignore_errors=True)
+        os._exit(3)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _import_keras_on_jax():
+    """`keras_baseline.train` and friends with Keras on JAX, TensorFlow blocked (module docstring)."""
+    if "keras" in sys.modules:
+        raise RuntimeError("keras was imported before the keras-jax child could choose its backend")
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.modules.setdefault("tensorflow", None)  # makes `import tensorflow` raise ImportError
+    from keras_baseline import models, train
+
+    if train.BACKEND != "jax":
+        raise RuntimeError(f"Keras started on {train.BACKEND!r}, not jax")
+    return models, train
+
+
+def _child_train(directory: Path, events, replies: queue.Queue) -> None:
+    request = json.loads((directory / "request.json").read_text())
+    config = TrainConfig(**request["config"])
+    splits = Splits(*(np.load(directory / f"{field}.npy") for field in SPLIT_FIELDS))
+    weights = load_weights(directory / "initial_weights.npz")
+    _, train = _import_keras_on_jax()
+    callbacks = [(_BatchPipeCallback if request["batches"] else _PipeCallback)(events, replies)]
+    if request["progress"] is not None:
+        callbacks.insert(0, ProgressBar(sys.stdout, interactive=request["progress"]["interactive"]))
+    extra = {} if request["checkpoint_dir"] is None else {"checkpoint_dir": Path(request["checkpoint_dir"])}
+    try:
+        result = train.train_and_evaluate(config, splits, weights, callbacks=callbacks, **extra)
+    except NonFiniteLoss as e:  # a result, not a failure: the parent raises it again
+        (directory / "result.json").write_text(json.dumps({"non_finite": [e.epoch, e.step, e.loss]}))
+        return
+    save_weights(directory / "weights.npz", result.weights)
+    (directory / "result.json").write_text(json.dumps({
+        "epochs": result.epochs, "test_loss": float(result.test_loss),
+        "test_accuracy": float(result.test_accuracy), "weights_sha256": weights_digest(result.weights)}))
+
+
+def _child_parity(directory: Path) -> None:
+    request = json.loads((directory / "request.json").read_text())
+    models, train = _import_keras_on_jax()
+    import jax
+
+    for key, value in request["jax_config"].items():
+        jax.config.update(key, value)
+    arrays = {p.stem: np.load(p) for p in (directory / "arrays").glob("*.npy")}
+    weights = {p.stem: load_weights(p) for p in (directory / "weights").glob("*.npz")}
+    (directory / "results").mkdir()
+    for i, item in enumerate(request["items"]):
+        result = _PARITY_KINDS[item["kind"]](item, arrays, weights, models, train)
+        np.savez(directory / "results" / f"{i}.npz", **_flatten(result))
+
+
+def _parity_logits(item, arrays, weights, models, train):
+    model = models.build_model(item["model"])
+    models.set_weights(model, weights[item["weights"]])
+    return {"logits": train.logits(model, arrays[item["x"]])}
+
+
+def _parity_loss_and_grads(item, arrays, weights, models, train):
+    model = models.build_model(item["model"])
+    models.set_weights(model, weights[item["weights"]])
+    loss, grads = train.loss_and_grads(model, arrays[item["x"]], arrays[item["y"]])
+    return {"loss": np.float64(loss), "grads": grads}
+
+
+def _parity_train_steps(item, arrays, weights, models, train):
+    config = TrainConfig(**item["config"])
+    model = train.compiled_model(config, weights[item["weights"]])
+    x, y = arrays[item["x"]], arrays[item["y"]]
+    batches = np.split(arrays[item["batches"]], np.cumsum(arrays[item["batch_sizes"]])[:-1])
+    losses, after, done = [], {}, 0
+    for stop in sorted(item["snapshots"]):
+        losses.append(train.train_steps(model, [(x[idx], y[idx]) for idx in batches[done:stop]]))
+        after[stop], done = models.get_weights(model), stop
+    return {"losses": np.concatenate(losses), "after": after}
+
+
+def _parity_dense(item, arrays, weights, models, train):
+    kernel, bias = arrays[item["kernel"]], arrays[item["bias"]]
+    layer = train.keras.layers.Dense(kernel.shape[1])
+    layer.build((None, kernel.shape[0]))
+    layer.set_weights([kernel, bias])
+    return {"y": np.asarray(layer(arrays[item["x"]]))}
+
+
+def _parity_conv(item, arrays, weights, models, train):
+    import jax
+    import jax.numpy as jnp
+
+    x, kernel, bias, r = (arrays[item[k]] for k in ("x", "kernel", "bias", "r"))
+    layer = train.keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], strides=item["strides"],
+                                      padding=item["padding"].lower())
+    layer.build((None, *x.shape[1:]))
+    layer.set_weights([kernel, bias])
+
+    def forward(x, kernel, bias):  # trainable_variables of Conv2D: [kernel, bias]
+        return layer.stateless_call([kernel, bias], [], x)[0]
+
+    y = jax.jit(forward)(x, kernel, bias)
+    dx, dk, db = jax.jit(jax.grad(lambda x, k, b: jnp.sum(forward(x, k, b) * r), argnums=(0, 1, 2)))(x, kernel, bias)
+    return {"y": np.asarray(y), "dx": np.asarray(dx), "dkernel": np.asarray(dk), "dbias": np.asarray(db)}
+
+
+def _parity_adam(item, arrays, weights, models, train):
+    import jax
+
+    keras = train.keras
+    config = TrainConfig(**item["config"])
+    names = list(item["params"])
+    params = [arrays[item["params"][n]] for n in names]
+    grads = [arrays[item["grads"][n]] for n in names]
+    snapshots, steps = set(item["snapshots"]), len(grads[0])
+    out = {"jit": {}, "eager": {}}
+
+    variables = [keras.Variable(p, name=n) for n, p in zip(names, params)]
+    opt = train.make_optimizer(config)
+    opt.build(variables)
+    step = jax.jit(opt.stateless_apply)  # (optimizer vars, grads, trainable vars) -> (trainable, optimizer)
+    values, opt_values = [v.value for v in variables], [v.value for v in opt.variables]
+    for t in range(steps):
+        values, opt_values = step(opt_values, [g[t] for g in grads], values)
+        if t + 1 in snapshots:
+            out["jit"][t + 1] = {n: np.asarray(v) for n, v in zip(names, values)}
+
+    variables = [keras.Variable(p, name=n) for n, p in zip(names, params)]
+    opt = train.make_optimizer(config)
+    for t in range(steps):
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g[t]), v) for g, v in zip(grads, variables)])
+        if t + 1 in snapshots:
+            out["eager"][t + 1] = {n: np.array(v.numpy()) for n, v in zip(names, variables)}
+    return out
+
+
+_PARITY_KINDS = {"logits": _parity_logits, "loss_and_grads": _parity_loss_and_grads,
+                 "train_steps": _parity_train_steps, "dense": _parity_dense, "conv": _parity_conv,
+                 "adam": _parity_adam}
+
+
+def main(argv=None) -> int:
+    """The child's entry point (`python -m keras_baseline.jax_backend --train DIR | --parity DIR`)."""
+    # The parent stops the child (Ctrl-C reaches the whole foreground process group): no second
+    # KeyboardInterrupt traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parser = argparse.ArgumentParser(prog="python -m keras_baseline.jax_backend", description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", type=Path, metavar="DIR", help="train as DIR/request.json asks")
+    mode.add_argument("--parity", type=Path, metavar="DIR", help="compute the parity items of DIR/request.json")
+    parser.add_argument("--events-fd", type=int, help="file descriptor for the JSON-lines events")
+    args = parser.parse_args(argv)
+    events = os.fdopen(args.events_fd, "w", encoding="utf-8") if args.events_fd is not None else None
+    replies: queue.Queue = queue.Queue()
+    _watch_parent(replies, args.train if args.train is not None else args.parity)
+    try:
+        if args.train is not None:
+            if events is None:
+                parser.error("--train needs --events-fd")
+            _child_train(args.train, events, replies)
+        else:
+            _child_parity(args.parity)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then a non-zero exit
+        traceback.print_exc()
+        if events is not None:
+            events.write(json.dumps({"event": "error", "type": type(e).__name__, "message": str(e)}) + "\n")
+            events.flush()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
