@@ -16,7 +16,6 @@ Keras is timed through `model.fit` on the same batches, as a Keras user trains.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from fmnist import jsonio
 from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
@@ -250,7 +250,7 @@ def main_bench(models, impls, repeats, steps, as_json: bool, splits: Splits | No
         out["ratios"] = ratios(results)
         out["ratio_ranges"] = ratio_ranges(results)
         out["machine"] = machine()
-        print(json.dumps(out, indent=2))
+        print(jsonio.dumps(out))
     else:
         print(table(results))
         print(f"\nMedians of {repeats} interleaved measurements of "

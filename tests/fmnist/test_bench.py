@@ -52,3 +52,9 @@ def test_bench_table_lists_every_model(small_splits):
     text = bench.table(results)
     assert text.splitlines()[2].startswith("| mlp | 32 |")
     assert "handrolled/bound" in text
+
+
+def test_the_command_line_offers_what_bench_can_time():
+    from fmnist import bench, cli
+
+    assert cli.BENCH_IMPLS == bench.IMPLS
