@@ -92,9 +92,10 @@ def read_run_meta(directory: Path) -> tuple[str, TrainConfig]:
 def finished_epochs(directory: Path) -> int:
     """How many epochs DIR/history.json lists (0 if it is missing or unreadable)."""
     try:
-        return len(json.loads((Path(directory) / "history.json").read_text())["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
+        epochs = json.loads((Path(directory) / "history.json").read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return 0
+    return len(epochs) if isinstance(epochs, list) else 0
 
 
 class HistoryWriter(Callback):

@@ -176,6 +176,18 @@ def test_run_json_of_any_content_reads_or_is_refused_in_one_line(tmp_path, text)
     assert isinstance(cfg, TrainConfig) and isinstance(impl, str)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=120))
+def test_a_history_file_of_any_bytes_counts_its_epochs_or_none(tmp_path, raw):
+    """`finished_epochs` (what --resume checks --epochs against) reads any history.json without
+    raising: the number of epochs it lists, or 0 when it is not a history."""
+    from fmnist.rundir import finished_epochs
+
+    (tmp_path / "history.json").write_bytes(raw)
+    n = finished_epochs(tmp_path)
+    assert isinstance(n, int) and n >= 0
+
+
 def test_run_json_round_trips(tmp_path):
     cfg = config("cnn", epochs=4, lr=3e-4)
     write_run_meta(tmp_path, "flax", cfg)
