@@ -178,3 +178,29 @@ def finish(callbacks, test_loss: float, test_accuracy: float) -> dict:
     logs = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
     callbacks.on_train_end(logs)
     return logs
+
+
+def evaluate_in_padded_batches(batch_sums, x: np.ndarray, y: np.ndarray, batch_size: int):
+    """(mean loss, accuracy) over every example of (x, y), from `batch_sums(xb, yb, mask) ->
+    (sum of the losses where mask, number correct where mask)` on batches of `batch_size`.
+
+    The partial last batch is padded with zeros to `batch_size` and masked, so one compiled shape
+    serves every batch; the per-batch sums are added in float64 on the host. (nan, nan) for no examples.
+    """
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan")
+    batch_size = min(batch_size, n)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        mask = np.ones(batch_size, bool)
+        if len(xb) < batch_size:  # padded rows are masked out
+            pad = batch_size - len(xb)
+            mask[len(xb):] = False
+            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+        s, c = batch_sums(xb, yb, mask)
+        loss_sum += float(s)
+        correct += int(c)
+    return loss_sum / n, correct / n

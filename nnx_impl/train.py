@@ -46,7 +46,7 @@ from fmnist.callbacks import CallbackList
 from fmnist.config import TrainConfig
 from fmnist.data import Splits
 from fmnist.history import RunResult
-from fmnist.loop import finish, fit
+from fmnist.loop import evaluate_in_padded_batches, finish, fit
 from fmnist.weights import Weights, check_weights
 from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path  # settings and measurements: fmnist/xla.py
 
@@ -209,23 +209,8 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000):
     # Compiled once for all models of an architecture: the graphdef is part of the argument
     # structure and compares equal between models built alike.
     graphdef, params = nnx.split(model)
-    n = len(x)
-    if n == 0:
-        return float("nan"), float("nan")
-    batch_size = min(batch_size, n)
-    loss_sum, correct = 0.0, 0
-    for start in range(0, n, batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        mask = np.ones(batch_size, bool)
-        if len(xb) < batch_size:  # pad the partial last batch; padded rows are masked out
-            pad = batch_size - len(xb)
-            mask[len(xb):] = False
-            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-        s, c = _eval_sums(graphdef, params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(mask))
-        loss_sum += float(s)
-        correct += int(c)
-    return loss_sum / n, correct / n
+    return evaluate_in_padded_batches(lambda xb, yb, mask: _eval_sums(graphdef, params, xb, yb, mask),
+                                      x, y, batch_size)
 
 
 # --------------------------------------------------------------------------- the whole run
