@@ -440,6 +440,10 @@ class _BatchPipeCallback(_PipeCallback):
         self.send({"event": "batch_end", "step": step, "logs": logs})
 
 
+_PARENT_GONE = threading.Event()  # set by the watcher as soon as stdin closes
+_CLEANED_UP = threading.Event()   # set once it has removed the request directory
+
+
 def _watch_parent(replies: queue.Queue, directory: Path) -> None:
     """Queue the parent's answers from stdin; when stdin closes (the parent is gone), remove the
     request directory and exit the process at once."""
@@ -454,7 +458,9 @@ def _watch_parent(replies: queue.Queue, directory: Path) -> None:
         # A parent killed without its cleanup (SIGTERM, SIGKILL) leaves its temporary directory
         # (172 MB with the full training set); a parent that closes stdin normally has finished with
         # it, or is removing it itself. Nothing else to wait for: nobody wants the results.
+        _PARENT_GONE.set()
         shutil.rmtree(directory, ignore_errors=True)
+        _CLEANED_UP.set()
         os._exit(3)
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -616,6 +622,9 @@ def main(argv=None) -> int:
         else:
             _child_parity(args.parity)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then a non-zero exit
+        if _PARENT_GONE.is_set():  # the watcher removed the files under our feet: its exit, not ours
+            _CLEANED_UP.wait(timeout=30)
+            os._exit(3)
         traceback.print_exc()
         if events is not None:
             events.write(json.dumps({"event": "error", "type": type(e).__name__, "message": str(e)}) + "\n")
