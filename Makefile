@@ -30,7 +30,7 @@ data: install
 	@FMNIST="$(BIN)/fmnist" sh scripts/ensure-data.sh
 
 train: data
-	$(BIN)/fmnist train --impl handrolled --model mlp --epochs 5 --out runs/train-mlp
+	$(BIN)/fmnist train --impl handrolled --model mlp --epochs 5 --out runs/train-mlp --overwrite
 
 # The three implementations from the same weights and batch order, side by side.
 compare: data
