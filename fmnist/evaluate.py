@@ -190,15 +190,13 @@ def _keras_logits(model_name, weights, x, batch_size):
 
 
 def _keras_jax_logits(model_name, weights, x, batch_size):
-    from keras_baseline import jax_backend
+    from keras_baseline import jax_parity
 
     # Keras fixes its backend at import, so keras-jax computes in a child process: the parity
     # worker's "logits" item is `keras_baseline.train.logits` on the JAX backend.
-    if not hasattr(jax_backend, "run_parity"):
-        raise ValueError("keras_baseline.jax_backend offers no way to compute logits in its child process")
     padded = np.concatenate([xb for xb, _ in _batches(x, batch_size)])
-    results = jax_backend.run_parity([{"name": "logits", "kind": "logits", "model": model_name,
-                                       "weights": "w", "x": "x"}], {"x": padded}, {"w": weights})
+    results = jax_parity.run_parity([{"name": "logits", "kind": "logits", "model": model_name,
+                                      "weights": "w", "x": "x"}], {"x": padded}, {"w": weights})
     return np.asarray(results["logits"]["logits"], np.float32)[:len(x)]
 
 

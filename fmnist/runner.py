@@ -73,6 +73,4 @@ def run(impl: str, config: TrainConfig, splits: Splits | None = None,
     if callbacks is None:
         from fmnist.callbacks import ProgressBar
         callbacks = [ProgressBar()]
-    if checkpoint_dir is None:
-        return trainer(config, splits, initial_weights, callbacks=callbacks)
     return trainer(config, splits, initial_weights, callbacks=callbacks, checkpoint_dir=checkpoint_dir)

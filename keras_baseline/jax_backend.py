@@ -28,9 +28,7 @@ TensorFlow is blocked in the child (`sys.modules["tensorflow"] = None` before `i
 `keras.utils.set_random_seed` imports TensorFlow whenever it is installed, to seed `tf.data` (3-5 s
 and 0.6 GB per child here, for a run that uses no tf.data), and blocking it shows the run needs none.
 
-The parity worker, `python -m keras_baseline.jax_backend --parity DIR` (`run_parity`), computes in
-one child what parity_tests/test_keras_jax.py compares: logits, loss and gradients, training steps,
-single layers and Adam updates on the JAX backend.
+The parity worker, `keras_baseline.jax_parity`, runs its child with this module's transport.
 """
 
 from __future__ import annotations
@@ -157,9 +155,9 @@ class _Forwarder:
 
 # --------------------------------------------------------------------------- parent: the child process
 
-def child_command(args) -> list[str]:
-    """The command line of a child: this module run by the parent's Python, unbuffered."""
-    return [sys.executable, "-u", "-m", "keras_baseline.jax_backend", *args]
+def child_command(args, module: str = "keras_baseline.jax_backend") -> list[str]:
+    """The command line of a child: `module` run by the parent's Python, unbuffered."""
+    return [sys.executable, "-u", "-m", module, *args]
 
 
 def child_env() -> dict:
@@ -344,68 +342,6 @@ class _Relay:
                 pass
 
 
-# --------------------------------------------------------------------------- parent: the parity worker
-
-def run_parity(items: list[dict], arrays: dict[str, np.ndarray], weights: dict[str, Weights],
-               jax_config: dict | None = None, timeout: float = 900) -> dict[str, dict]:
-    """Compute every item on the JAX backend in ONE child process; return {item name: results}.
-
-    Items name their inputs: arrays by key in `arrays`, weights by key in `weights`. Kinds:
-      logits          model, weights, x                    -> {"logits"}   (`train.logits`, eager)
-      loss_and_grads  model, weights, x, y                 -> {"loss", "grads"}  (`train.loss_and_grads`)
-      train_steps     config, weights, x, y, batches, batch_sizes, snapshots
-                      -> {"losses", "after": {step: weights}}  (`compiled_model` + `train_on_batch`;
-                      batches: one flat index array, cut into `batch_sizes`)
-      dense           x, kernel, bias                      -> {"y"}  (a `Dense` layer, called eagerly)
-      conv            x, kernel, bias, r, strides, padding -> {"y", "dx", "dkernel", "dbias"} (a `Conv2D`,
-                      jitted, gradients of sum(r * y) by `jax.grad` of its `stateless_call`)
-      adam            config, params (names), grads (names of (T, ...) arrays), snapshots
-                      -> {"jit": {t: params}, "eager": {t: params}}  (jitted `stateless_apply`, as
-                      the trainer steps; and `apply_gradients` op by op)
-    `jax_config` is applied with `jax.config.update` first (e.g. the parity suite's matmul precision).
-    """
-    with tempfile.TemporaryDirectory(prefix="fmnist-keras-jax-parity-") as tmp:
-        directory = Path(tmp)
-        (directory / "arrays").mkdir()
-        (directory / "weights").mkdir()
-        for key, array in arrays.items():
-            np.save(directory / "arrays" / f"{key}.npy", np.asarray(array), allow_pickle=False)
-        for key, w in weights.items():
-            save_weights(directory / "weights" / f"{key}.npz", w)
-        (directory / "request.json").write_text(json.dumps({"items": items, "jax_config": jax_config or {}}))
-        run_child(["--parity", str(directory)], timeout=timeout)
-        return {item["name"]: _unflatten(np.load(directory / "results" / f"{i}.npz"))
-                for i, item in enumerate(items)}
-
-
-def pack_batches(batches) -> tuple[np.ndarray, np.ndarray]:
-    """A list of index arrays (sizes may differ) as (flat int32 indices, int32 sizes), for `train_steps`."""
-    batches = [np.asarray(b, np.int32) for b in batches]
-    return np.concatenate(batches), np.array([len(b) for b in batches], np.int32)
-
-
-def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
-    if isinstance(tree, dict):
-        flat = {}
-        for k, v in tree.items():
-            flat.update(_flatten(v, f"{prefix}{k}/"))
-        return flat
-    return {prefix[:-1]: np.asarray(tree)}
-
-
-def _unflatten(npz) -> dict:
-    out: dict = {}
-    with npz:
-        for key in npz.files:
-            *path, last = [int(p) if p.isdigit() else p for p in key.split("/")]
-            node = out
-            for p in path:
-                node = node.setdefault(p, {})
-            value = npz[key]
-            node[last] = value.item() if value.ndim == 0 else value
-    return out
-
-
 # --------------------------------------------------------------------------- child
 
 class _PipeCallback(Callback):
@@ -499,128 +435,16 @@ def _child_train(directory: Path, events, replies: queue.Queue) -> None:
         "test_accuracy": float(result.test_accuracy), "weights_sha256": weights_digest(result.weights)}))
 
 
-def _child_parity(directory: Path) -> None:
-    request = json.loads((directory / "request.json").read_text())
-    models, train = _import_keras_on_jax()
-    import jax
-
-    for key, value in request["jax_config"].items():
-        jax.config.update(key, value)
-    arrays = {p.stem: np.load(p) for p in (directory / "arrays").glob("*.npy")}
-    weights = {p.stem: load_weights(p) for p in (directory / "weights").glob("*.npz")}
-    (directory / "results").mkdir()
-    for i, item in enumerate(request["items"]):
-        result = _PARITY_KINDS[item["kind"]](item, arrays, weights, models, train)
-        np.savez(directory / "results" / f"{i}.npz", **_flatten(result))
-
-
-def _parity_logits(item, arrays, weights, models, train):
-    model = models.build_model(item["model"])
-    models.set_weights(model, weights[item["weights"]])
-    return {"logits": train.logits(model, arrays[item["x"]])}
-
-
-def _parity_loss_and_grads(item, arrays, weights, models, train):
-    model = models.build_model(item["model"])
-    models.set_weights(model, weights[item["weights"]])
-    loss, grads = train.loss_and_grads(model, arrays[item["x"]], arrays[item["y"]])
-    return {"loss": np.float64(loss), "grads": grads}
-
-
-def _parity_train_steps(item, arrays, weights, models, train):
-    config = TrainConfig(**item["config"])
-    model = train.compiled_model(config, weights[item["weights"]])
-    x, y = arrays[item["x"]], arrays[item["y"]]
-    batches = np.split(arrays[item["batches"]], np.cumsum(arrays[item["batch_sizes"]])[:-1])
-    losses, after, done = [], {}, 0
-    for stop in sorted(item["snapshots"]):
-        losses.append(train.train_steps(model, [(x[idx], y[idx]) for idx in batches[done:stop]]))
-        after[stop], done = models.get_weights(model), stop
-    return {"losses": np.concatenate(losses), "after": after}
-
-
-def _parity_dense(item, arrays, weights, models, train):
-    kernel, bias = arrays[item["kernel"]], arrays[item["bias"]]
-    layer = train.keras.layers.Dense(kernel.shape[1])
-    layer.build((None, kernel.shape[0]))
-    layer.set_weights([kernel, bias])
-    return {"y": np.asarray(layer(arrays[item["x"]]))}
-
-
-def _parity_conv(item, arrays, weights, models, train):
-    import jax
-    import jax.numpy as jnp
-
-    x, kernel, bias, r = (arrays[item[k]] for k in ("x", "kernel", "bias", "r"))
-    layer = train.keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], strides=item["strides"],
-                                      padding=item["padding"].lower())
-    layer.build((None, *x.shape[1:]))
-    layer.set_weights([kernel, bias])
-
-    def forward(x, kernel, bias):  # trainable_variables of Conv2D: [kernel, bias]
-        return layer.stateless_call([kernel, bias], [], x)[0]
-
-    y = jax.jit(forward)(x, kernel, bias)
-    dx, dk, db = jax.jit(jax.grad(lambda x, k, b: jnp.sum(forward(x, k, b) * r), argnums=(0, 1, 2)))(x, kernel, bias)
-    return {"y": np.asarray(y), "dx": np.asarray(dx), "dkernel": np.asarray(dk), "dbias": np.asarray(db)}
-
-
-def _parity_adam(item, arrays, weights, models, train):
-    import jax
-
-    keras = train.keras
-    config = TrainConfig(**item["config"])
-    names = list(item["params"])
-    params = [arrays[item["params"][n]] for n in names]
-    grads = [arrays[item["grads"][n]] for n in names]
-    snapshots, steps = set(item["snapshots"]), len(grads[0])
-    out = {"jit": {}, "eager": {}}
-
-    variables = [keras.Variable(p, name=n) for n, p in zip(names, params)]
-    opt = train.make_optimizer(config)
-    opt.build(variables)
-    step = jax.jit(opt.stateless_apply)  # (optimizer vars, grads, trainable vars) -> (trainable, optimizer)
-    values, opt_values = [v.value for v in variables], [v.value for v in opt.variables]
-    for t in range(steps):
-        values, opt_values = step(opt_values, [g[t] for g in grads], values)
-        if t + 1 in snapshots:
-            out["jit"][t + 1] = {n: np.asarray(v) for n, v in zip(names, values)}
-
-    variables = [keras.Variable(p, name=n) for n, p in zip(names, params)]
-    opt = train.make_optimizer(config)
-    for t in range(steps):
-        opt.apply_gradients([(keras.ops.convert_to_tensor(g[t]), v) for g, v in zip(grads, variables)])
-        if t + 1 in snapshots:
-            out["eager"][t + 1] = {n: np.array(v.numpy()) for n, v in zip(names, variables)}
-    return out
-
-
-_PARITY_KINDS = {"logits": _parity_logits, "loss_and_grads": _parity_loss_and_grads,
-                 "train_steps": _parity_train_steps, "dense": _parity_dense, "conv": _parity_conv,
-                 "adam": _parity_adam}
-
-
-def main(argv=None) -> int:
-    """The child's entry point (`python -m keras_baseline.jax_backend --train DIR | --parity DIR`)."""
+def run_as_child(work, directory: Path, events=None) -> int:
+    """What every child does around its `work()`: leave Ctrl-C to the parent, watch the parent
+    (stdin; `_watch_parent`), report a failure on `events` and with a traceback, exit status 1."""
     # The parent stops the child (Ctrl-C reaches the whole foreground process group): no second
     # KeyboardInterrupt traceback from here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(prog="python -m keras_baseline.jax_backend", description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--train", type=Path, metavar="DIR", help="train as DIR/request.json asks")
-    mode.add_argument("--parity", type=Path, metavar="DIR", help="compute the parity items of DIR/request.json")
-    parser.add_argument("--events-fd", type=int, help="file descriptor for the JSON-lines events")
-    args = parser.parse_args(argv)
-    events = os.fdopen(args.events_fd, "w", encoding="utf-8") if args.events_fd is not None else None
     replies: queue.Queue = queue.Queue()
-    _watch_parent(replies, args.train if args.train is not None else args.parity)
+    _watch_parent(replies, directory)
     try:
-        if args.train is not None:
-            if events is None:
-                parser.error("--train needs --events-fd")
-            _child_train(args.train, events, replies)
-        else:
-            _child_parity(args.parity)
+        work(replies)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then a non-zero exit
         if _PARENT_GONE.is_set():  # the watcher removed the files under our feet: its exit, not ours
             _CLEANED_UP.wait(timeout=30)
@@ -631,6 +455,16 @@ def main(argv=None) -> int:
             events.flush()
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """The training child's entry point (`python -m keras_baseline.jax_backend --train DIR --events-fd N`)."""
+    parser = argparse.ArgumentParser(prog="python -m keras_baseline.jax_backend", description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=Path, metavar="DIR", required=True, help="train as DIR/request.json asks")
+    parser.add_argument("--events-fd", type=int, required=True, help="file descriptor for the JSON-lines events")
+    args = parser.parse_args(argv)
+    events = os.fdopen(args.events_fd, "w", encoding="utf-8")
+    return run_as_child(lambda replies: _child_train(args.train, events, replies), args.train, events)
 
 
 if __name__ == "__main__":

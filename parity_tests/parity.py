@@ -7,6 +7,7 @@ where the numbers in README.md come from).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import types
 
@@ -108,3 +109,31 @@ def weights_with_biases(model: str, seed: int = 1):
     for p in weights.values():
         p["bias"] = rng.normal(0.0, 0.1, p["bias"].shape).astype(np.float32)
     return weights
+
+
+# --------------------------------------------------------------------------- problems several files use
+
+@functools.cache
+def dense_problem():
+    """The MLP's first layer (784 -> 128, He-normal kernel, random bias) on 64 random [0, 1) inputs."""
+    rng = np.random.default_rng(10)
+    x = rng.random((64, 784), dtype=np.float32)
+    k = (rng.standard_normal((784, 128)) * np.sqrt(2 / 784)).astype(np.float32)
+    b = rng.normal(0, 0.1, 128).astype(np.float32)
+    return x, k, b
+
+
+@functools.cache
+def optimizer_problem(steps: int = 100):
+    """Parameters ~N(0, 0.1) and `steps` gradients in three regimes: |g| ~ 1e-2 ("a"), tiny
+    |g| ~ 1e-6 where Adam's epsilon matters ("b"), and 1e-3 with 30% exact zeros ("c")."""
+    rng = np.random.default_rng(0)
+    params = {"a": rng.normal(0, 0.1, (64, 32)), "b": rng.normal(0, 0.1, 32), "c": rng.normal(0, 0.1, 50)}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    grads = []
+    for _ in range(steps):
+        c = rng.normal(0, 1e-3, 50)
+        c[rng.random(50) < 0.3] = 0.0
+        g = {"a": rng.normal(0, 1e-2, (64, 32)), "b": rng.normal(0, 1e-6, 32), "c": c}
+        grads.append({k: v.astype(np.float32) for k, v in g.items()})
+    return params, grads

@@ -13,7 +13,7 @@ matches Keras on TF bit for bit only where the arithmetic is the same op by op: 
 Keras-versus-Flax differences of the other parity tests come from the kernels; Keras's own
 semantics add a few ulps (its loss formula: 7e-8 of max|g| in the MLP's gradient).
 
-All keras-jax numbers come from ONE child process (`keras_baseline.jax_backend.run_parity`), run
+All keras-jax numbers come from ONE child process (`keras_baseline.jax_parity.run_parity`), run
 once per session by the `kj` fixture: this process may already hold Keras on TensorFlow, and Keras
 cannot switch backends in a process. (Computing this process's side meanwhile did not pay: on 2
 cores the two processes' XLA thread pools slowed each other down.)
@@ -49,8 +49,9 @@ from fmnist.xla import fast_path  # noqa: E402
 from flax_impl import models as flax_models  # noqa: E402
 from flax_impl import optimizers as flax_opt  # noqa: E402
 from flax_impl import train as flax_train  # noqa: E402
-from keras_baseline import jax_backend  # noqa: E402  (imports neither keras nor jax)
-from parity import check, keras_modules, max_abs, max_abs_diff, needs_keras, record, weights_with_biases  # noqa: E402
+from keras_baseline import jax_backend, jax_parity  # noqa: E402  (imports neither keras nor jax)
+from parity import (check, dense_problem, keras_modules, max_abs, max_abs_diff, needs_keras,  # noqa: E402
+                    optimizer_problem, record, weights_with_biases)
 
 MODELS = ("mlp", "cnn")
 OTHERS = ("float64", "flax", "keras")
@@ -86,16 +87,6 @@ def first_batches(config, splits, n):
 
 # --------------------------------------------------------------------------- inputs of the single-layer checks
 
-@functools.cache
-def dense_case():
-    """784 -> 128 on 64 random [0, 1) inputs (test_layers.py's case)."""
-    rng = np.random.default_rng(10)
-    x = rng.random((64, 784), dtype=np.float32)
-    k = (rng.standard_normal((784, 128)) * np.sqrt(2 / 784)).astype(np.float32)
-    b = rng.normal(0, 0.1, 128).astype(np.float32)
-    return x, k, b
-
-
 # (kernel, stride, input (H, W), padding): the CNN's own conv; a non-square, strided, uneven SAME split
 # (pads 1/1 rows, 1/1 cols; test_layers.py covers all 16 layouts, each case here costs ~2 s of compiling).
 CONV_CASES = {"k3x3-s1-28x28-SAME": ((3, 3), 1, (28, 28), "SAME"),
@@ -112,21 +103,6 @@ def conv_case(name):
     b = rng.normal(0, 0.1, 5).astype(np.float32)
     r = rng.standard_normal(ref.conv2d(x, k, b, (s, s), padding)[0].shape).astype(np.float32)
     return x, k, b, r
-
-
-@functools.cache
-def adam_problem():
-    """test_optimizers.py's problem: 100 gradient steps in three regimes (|g| ~ 1e-2, ~1e-6, 1e-3 with zeros)."""
-    rng = np.random.default_rng(0)
-    params = {"a": rng.normal(0, 0.1, (64, 32)), "b": rng.normal(0, 0.1, 32), "c": rng.normal(0, 0.1, 50)}
-    params = {k: v.astype(np.float32) for k, v in params.items()}
-    grads = []
-    for _ in range(100):
-        c = rng.normal(0, 1e-3, 50)
-        c[rng.random(50) < 0.3] = 0.0
-        g = {"a": rng.normal(0, 1e-2, (64, 32)), "b": rng.normal(0, 1e-6, 32), "c": c}
-        grads.append({k: v.astype(np.float32) for k, v in g.items()})
-    return params, grads
 
 
 ADAM_CONFIG = TrainConfig(optimizer="adam", lr=1e-3, adam_convention="keras", adam_eps=1e-7)
@@ -148,7 +124,7 @@ class Others:
 
     @functools.cache  # noqa: B019 - one Others per session
     def dense(self, impl):
-        x, k, b = dense_case()
+        x, k, b = dense_problem()
         if impl == "float64":
             return ref.f64(x) @ ref.f64(k) + ref.f64(b)
         if impl == "flax":  # eagerly, as keras-jax calls its layer
@@ -185,8 +161,8 @@ class Others:
 
     @functools.cache  # noqa: B019
     def adam(self, impl):
-        """{t: params} after steps 1 and 100 of the Keras-convention Adam on `adam_problem`."""
-        params, grads = adam_problem()
+        """{t: params} after steps 1 and 100 of the Keras-convention Adam on `parity.optimizer_problem`."""
+        params, grads = optimizer_problem()
         c = ADAM_CONFIG
         if impl == "float64":
             out = ref.adam(params, grads, c.lr, c.b1, c.b2, c.adam_eps, "keras")
@@ -295,7 +271,7 @@ def others(splits, batch, whole_run_splits):
 # --------------------------------------------------------------------------- keras-jax: the one child process
 
 def parity_request(splits, batch, whole_run_splits):
-    """(items, arrays, weights) for `jax_backend.run_parity`: every keras-jax computation below."""
+    """(items, arrays, weights) for `jax_parity.run_parity`: every keras-jax computation below."""
     x64, y64 = batch
     arrays = {"x64": x64, "y64": y64, "x_train": splits.x_train, "y_train": splits.y_train,
               "whole_x": whole_run_splits.x_train, "whole_y": whole_run_splits.y_train}
@@ -308,18 +284,18 @@ def parity_request(splits, batch, whole_run_splits):
                    "x": "x64", "y": "y64"}]
         config = config_for(model)
         batches = first_batches(config, splits, SNAPSHOTS[model][-1])
-        arrays[f"{model}_batches"], arrays[f"{model}_sizes"] = jax_backend.pack_batches(batches)
+        arrays[f"{model}_batches"], arrays[f"{model}_sizes"] = jax_parity.pack_batches(batches)
         items.append({"name": f"{model}/train", "kind": "train_steps", "config": config.to_dict(),
                       "weights": f"{model}_init", "x": "x_train", "y": "y_train", "batches": f"{model}_batches",
                       "batch_sizes": f"{model}_sizes", "snapshots": list(SNAPSHOTS[model])})
     # The whole-run epoch step by step, to compare bit for bit with `fit` in the `kj_run` child.
     config = whole_run_config()
     epoch = train_loader(config, whole_run_splits).batch_indices(0)
-    arrays["whole_batches"], arrays["whole_sizes"] = jax_backend.pack_batches(epoch)
+    arrays["whole_batches"], arrays["whole_sizes"] = jax_parity.pack_batches(epoch)
     items.append({"name": "whole/train", "kind": "train_steps", "config": config.to_dict(), "weights": "mlp_init",
                   "x": "whole_x", "y": "whole_y", "batches": "whole_batches", "batch_sizes": "whole_sizes",
                   "snapshots": [len(epoch)]})
-    x, k, b = dense_case()
+    x, k, b = dense_problem()
     arrays.update(dense_x=x, dense_k=k, dense_b=b)
     items.append({"name": "dense", "kind": "dense", "x": "dense_x", "kernel": "dense_k", "bias": "dense_b"})
     for name, (_, s, _, padding) in CONV_CASES.items():
@@ -328,7 +304,7 @@ def parity_request(splits, batch, whole_run_splits):
             arrays[f"conv_{name}_{field}"] = a
             fields[field] = f"conv_{name}_{field}"
         items.append({"name": f"conv/{name}", "kind": "conv", "strides": s, "padding": padding, **fields})
-    params, grads = adam_problem()
+    params, grads = optimizer_problem()
     for p in params:
         arrays[f"adam_p_{p}"], arrays[f"adam_g_{p}"] = params[p], np.stack([g[p] for g in grads])
     items.append({"name": "adam", "kind": "adam", "config": ADAM_CONFIG.to_dict(), "snapshots": [1, 100],
@@ -342,7 +318,7 @@ def kj(splits, batch, whole_run_splits):
     items, arrays, weights = parity_request(splits, batch, whole_run_splits)
     # The suite's float32 pinning (conftest.py) holds in the child too; on CPU it changes nothing.
     # The timeout is 20x the child's usual time: a stuck child fails the session instead of hanging it.
-    return jax_backend.run_parity(items, arrays, weights, jax_config={"jax_default_matmul_precision": "highest"},
+    return jax_parity.run_parity(items, arrays, weights, jax_config={"jax_default_matmul_precision": "highest"},
                                   timeout=600)
 
 

@@ -23,7 +23,8 @@ import pytest
 from flax import nnx
 
 import float64_reference as ref
-from parity import COMPARISONS, check, keras_modules, max_abs, max_abs_diff, needs_keras, weights_with_biases
+from parity import (COMPARISONS, check, dense_problem, keras_modules, max_abs, max_abs_diff, needs_keras,
+                    weights_with_biases)
 from flax_impl import models as flax_models
 from handrolled import layers as hl
 from handrolled import models as hmodels
@@ -33,18 +34,8 @@ from nnx_impl import models as nnx_models
 
 
 @functools.cache
-def dense_case():
-    """The MLP's first layer (784 -> 128, He-normal, random bias) on 64 random [0, 1) inputs."""
-    rng = np.random.default_rng(10)
-    x = rng.random((64, 784), dtype=np.float32)
-    k = (rng.standard_normal((784, 128)) * np.sqrt(2 / 784)).astype(np.float32)
-    b = rng.normal(0, 0.1, 128).astype(np.float32)
-    return x, k, b
-
-
-@functools.cache
 def dense_out(impl: str) -> np.ndarray:
-    x, k, b = dense_case()
+    x, k, b = dense_problem()
     if impl == "float64":
         return ref.f64(x) @ ref.f64(k) + ref.f64(b)
     if impl == "handrolled":

@@ -30,25 +30,10 @@ import float64_reference as ref
 from fmnist.config import TrainConfig
 from flax_impl import optimizers as flax_opt
 from handrolled import train as htrain
-from parity import check, keras_modules, max_abs_diff, needs_keras
+from parity import check, keras_modules, max_abs_diff, needs_keras, optimizer_problem
 
 STEPS = 100
 LR_ADAM, LR_SGD = 1e-3, 0.1
-
-
-@functools.cache
-def problem():
-    """Parameters ~N(0, 0.1) and 100 steps of gradients in three regimes (see module docstring)."""
-    rng = np.random.default_rng(0)
-    params = {"a": rng.normal(0, 0.1, (64, 32)), "b": rng.normal(0, 0.1, 32), "c": rng.normal(0, 0.1, 50)}
-    params = {k: v.astype(np.float32) for k, v in params.items()}
-    grads = []
-    for _ in range(STEPS):
-        c = rng.normal(0, 1e-3, 50)
-        c[rng.random(50) < 0.3] = 0.0
-        g = {"a": rng.normal(0, 1e-2, (64, 32)), "b": rng.normal(0, 1e-6, 32), "c": c}
-        grads.append({k: v.astype(np.float32) for k, v in g.items()})
-    return params, grads
 
 
 CONFIGS = {
@@ -132,7 +117,7 @@ def run_keras(optimizer, params, grads):
 def trajectory(case: str, impl: str) -> list[dict]:
     """The parameters after each of the 100 steps of optimizer `case` in implementation `impl`."""
     config = CONFIGS[case]
-    params, grads = problem()
+    params, grads = optimizer_problem(STEPS)
     if impl == "float64":
         if config.optimizer == "sgd":
             return ref.sgd(params, grads, config.lr, config.momentum)
@@ -191,7 +176,7 @@ def test_optax_adam_with_eps_1e7_is_not_keras_adam(keras_like):
     differs by ~0.7 * lr = 7e-4. That is a different algorithm, not float32 noise: it is 10^4 times
     the 6e-8 that any two Keras-convention implementations differ by after one step (above), so the
     Keras-convention parity test would fail on it at once."""
-    params, grads = problem()
+    params, grads = optimizer_problem(STEPS)
     optax_adam = run_optax(optax.adam(LR_ADAM, b1=0.9, b2=0.999, eps=1e-7), params, grads)
     keras_like = trajectory("adam_keras", keras_like)
     diff = {k: max_abs_diff(optax_adam[0][k], keras_like[0][k]) for k in params}
