@@ -40,7 +40,8 @@ class TrainConfig:
     split_seed: int = 0            # which training examples are held out for validation
     train_limit: int | None = None  # use only the first N training examples (tests, quick looks)
     eval_batch_size: int = 1000
-    steps_per_call: int = 100      # JAX fast path: training steps compiled into one call
+    steps_per_call: int = 100      # JAX: training steps per call of run_steps (compiled into one on the fast path)
+    fast: bool = True              # JAX: train on the fast path (fmnist.fastpath); False: the readable path
     early_stopping_patience: int | None = None
     terminate_on_nan: bool = True  # stop at the first non-finite training loss, as keras.callbacks.TerminateOnNaN
 

@@ -1,4 +1,4 @@
-"""What a run produces, in one schema for every implementation, and where it is written.
+"""What a run produces, in one schema for every implementation (`fmnist.app.rundir.save_run` writes it).
 
 `DIR/history.json`:
 
@@ -17,11 +17,9 @@ import dataclasses
 import statistics
 import sys
 from importlib import metadata
-from pathlib import Path
 
-from fmnist import jsonio
 from fmnist.config import TrainConfig
-from fmnist.weights import Weights, save_weights
+from fmnist.weights import Weights
 
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -63,16 +61,3 @@ def versions(impl: str) -> dict:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-def save_run(result: RunResult, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
-    """Write history.json, weights.npz and (if `plot`) curves.png into `out_dir`; return the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"history": out / "history.json", "weights": out / "weights.npz"}
-    jsonio.write_json(paths["history"], {**result.to_json(), "status": "finished"})
-    save_weights(paths["weights"], result.weights)
-    if plot:
-        from fmnist.plots import plot_history
-        paths["curves"] = plot_history(result.to_json(), out / "curves.png")
-    return paths

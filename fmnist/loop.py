@@ -172,6 +172,19 @@ def _fit(config, splits, state, run_steps, evaluate, callbacks, done_rows=(), sa
         terminate_on_nan=config.terminate_on_nan)
 
 
+def one_step_at_a_time(train_step: Callable, x_train: np.ndarray, y_train: np.ndarray) -> RunSteps:
+    """The readable `run_steps`: for each row of `batches`, gather the batch on the host and call
+    `train_step(state, images, labels) -> (state, loss, correct)` (a compiled step) on it."""
+    def run_steps(state, batches):
+        losses, corrects = [], []
+        for idx in batches:
+            state, loss, correct = train_step(state, x_train[idx], y_train[idx])
+            losses.append(loss)
+            corrects.append(correct)
+        return state, np.asarray(losses), np.asarray(corrects)
+    return run_steps
+
+
 def finish(callbacks, test_loss: float, test_accuracy: float) -> dict:
     """Tell the callbacks training is over, with the test results; return those results."""
     callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)

@@ -1,4 +1,4 @@
-"""2-D convolution and max pooling on NHWC images, each written three ways.
+"""2-D convolution and max pooling on NHWC images, each written more than one way.
 
 Layouts are the ones Keras and Flax use, so kernels copy across unchanged:
 images NHWC (batch, height, width, channels), conv kernels HWIO (kh, kw, in, out).
@@ -7,73 +7,36 @@ Convolution (really cross-correlation, as in every deep-learning library):
 
     y[n, p, q, o] = sum_{i, j, c} xpad[n, p*sh + i, q*sw + j, c] * w[i, j, c, o]
 
-* `conv2d_lax`: the direct way, one call to `jax.lax.conv_general_dilated`.
+* `conv2d_lax`: the direct way, one call to `jax.lax.conv_general_dilated` (the default).
 * `conv2d_im2col`: copy every kh x kw window into a row ("image to columns"), then do one
   matrix multiply with the kernel reshaped to (kh*kw*in, out).
-* `conv2d_shift`: the sum written out as kh*kw*in shifted slices of the input, each multiplied by
-  one kernel row (broadcast over the output channels) and added up. Pure elementwise work, so XLA
-  fuses it with the bias, relu and pooling after it; its kernel gradient is the im2col matrix
-  product (custom VJP). Fast only for few input channels.
-All three are the same sum in a different order of additions, so they agree to float32 rounding
+* "shift" (the fast path's `fmnist.fastpath.layers.shift_conv_3x3`, 3x3 SAME stride 1 only): the
+  sum written out as shifted slices of the input.
+All are the same sum in a different order of additions, so they agree to float32 rounding
 (~1e-6), not bitwise.
 
 Max pooling, VALID (windows that run past the edge are dropped, as Keras's `MaxPooling2D`):
 
     y[n, p, q, c] = max_{i < kh, j < kw} x[n, p*sh + i, q*sw + j, c]
 
-* `max_pool2d_first_max`: when window == stride (the windows tile the image) the max of the
-  kh*kw strided views, with a custom VJP: the forward also records the int8 position of each
-  window's first maximum (row-major), and the backward writes dy there and 0 elsewhere.
 * `max_pool2d_reshape`: when window == stride, a reshape to (N, H/kh, kh, W/kw, kw, C) and
-  `jnp.max` over the two window axes, differentiated by JAX.
+  `jnp.max` over the two window axes, differentiated by JAX (the default).
 * `max_pool2d_reduce_window`: `jax.lax.reduce_window`, for any stride (what Flax's `nn.max_pool`
   uses); XLA differentiates it with a select-and-scatter.
-The forward values are identical (a max is exact).
-
-Defaults ("auto"), from measurements on this project's 2-core CPU box, jax 0.10.2, batch 128, one
-process, variants interleaved, median ms (the box is shared: absolute times vary ~2x between runs,
-the order did not), made while XLA:CPU still ran convolutions in YNNPACK (see below):
-
-    forward + backward of relu then pool    reshape   first_max   (reduce_window: ~30 / ~15)
-      input (128, 28, 28, 32)                 5.45       1.86
-      input (128, 14, 14, 64)                 1.73       0.56
-    first conv (28x28x1 -> 32)              lax 0.99 forward, 2.4 kernel grad (+1.1 transposes)
-                                            shift 0.58 forward, 1.1 kernel grad (im2col product)
-    second conv (14x14x32 -> 64)            lax 4.7 forward, 9.9 kernel grad, 4.7 input grad;
-                                            im2col 13.8 / 19.1, shift-sum kernel grad 17.4: lax wins
-    CNN value_and_grad (handrolled)         lax + reshape 54.5, lax + first_max 48.2,
-                                            shift (conv_0) + lax (conv_1) + first_max 31.1
-
-so "auto" is `shift` for a conv with one input channel, `lax` otherwise, and `first_max` for
-pooling whenever stride == window (`reduce_window` otherwise). The whole-step gain is larger than
-the parts: with conv_0 as elementwise work, XLA fuses conv_0, bias, relu and the pool's max and
-argmax into one pass, so the 128x28x28x32 activation (12.8 MB) is never written to memory.
-Compiler options. `fmnist.xla.COMPILER_OPTIONS`, passed to every compiled step, sets two: 512-bit
-vector code (8-12% faster), and YNNPACK for matrix products and reductions only, so that the
-convolutions run in XLA's own multi-threaded (Eigen) kernels: the second conv at batch 128 then
-takes 2.7 / 3.6 / 6.1 ms (forward / input grad / kernel grad) instead of 4.9 / 4.8 / 9.5, and the
-choices above still hold (fmnist/xla.py has the measurements). An earlier try that switched YNNPACK
-off altogether looked like no win: it also moved the bias gradients' reductions out of YNNPACK, into
-slow reduce-window loops. `--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack` and
-`--xla_cpu_multi_thread_eigen=false` made no difference larger than the noise, or were slower.
-
-Gradient of max pooling at ties: `first_max`, `reduce_window` (so Flax's `nn.max_pool`) and TF's
-MaxPool (so Keras) send all of a window's gradient to its first maximum in row-major order, so
-they agree exactly (tested); `reshape` differentiates `jnp.max`, which splits it equally between
-tied maxima. All are valid subgradients and agree whenever each window has a unique maximum. On
-real Fashion-MNIST (256 training images, freshly initialised CNN) 58% of the first pool's windows
-are ties at 0 after the relu, which are harmless (the relu passes zero gradient there either way),
-and 0.13% are ties at a positive value (e.g. flat image regions give identical patches). Even so,
-the CNN's parameter gradients from the two rules differed by at most 4.5e-8 (max |g| 0.37), i.e.
-float32 rounding.
+* "first_max" (the fast path's `fmnist.fastpath.layers.max_pool_2x2`, 2x2 stride 2 only).
+The forward values are identical (a max is exact). The gradients differ only at ties: `reshape`
+differentiates `jnp.max`, which splits the gradient equally between tied maxima; `reduce_window`,
+first_max and TF/Keras's MaxPool send it all to the first maximum in row-major order. Both are
+valid subgradients; docs/parity-semantics.md measures how often ties happen on real data and how
+little it changes the CNN's gradient. Speed of each form: docs/performance.md.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+
+from fmnist.fastpath import layers as fastpath_layers
 
 __all__ = [
     "PADDINGS", "CONV_IMPLS", "POOL_IMPLS", "pair", "check_padding", "same_padding", "conv_padding",
@@ -83,8 +46,8 @@ __all__ = [
 ]
 
 PADDINGS = ("SAME", "VALID")
-CONV_IMPLS = ("auto", "lax", "im2col", "shift")
-POOL_IMPLS = ("auto", "first_max", "reshape", "reduce_window")
+CONV_IMPLS = ("lax", "im2col", "shift")
+POOL_IMPLS = ("reshape", "reduce_window", "first_max")
 
 
 def pair(v, name: str = "value") -> tuple[int, int]:
@@ -167,89 +130,18 @@ def conv2d_im2col(x: jax.Array, w: jax.Array, stride=1, padding: str = "SAME") -
     return patches @ w.reshape(kh * kw * cin, cout)
 
 
-def _shifted_windows(x: jax.Array, kernel_hw, stride, padding: str):
-    """[(i, j, xpad[:, i::sh, j::sw, :] cut to the output size)] for every kernel tap (i, j)."""
-    (kh, kw), (sh, sw) = kernel_hw, pair(stride, "stride")
-    _, h, w, _ = x.shape
-    (pt, pb), (pl, pr) = conv_padding((h, w), (kh, kw), (sh, sw), padding)
-    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"kernel {(kh, kw)} is larger than the padded input {(h + pt + pb, w + pl + pr)}")
-    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    return [(i, j, x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :])
-            for i in range(kh) for j in range(kw)]
-
-
-def _conv2d_shift_forward(x, w, stride, padding):
-    kh, kw, cin, _ = w.shape
-    y = None
-    for i, j, xs in _shifted_windows(x, (kh, kw), stride, padding):
-        for c in range(cin):
-            term = xs[..., c:c + 1] * w[i, j, c]  # (N, Ho, Wo, 1) * (O,): a broadcast multiply
-            y = term if y is None else y + term
-    return y
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_shift(x, w, stride, padding):
-    return _conv2d_shift_forward(x, w, stride, padding)
-
-
-def _conv2d_shift_fwd(x, w, stride, padding):
-    return _conv2d_shift_forward(x, w, stride, padding), (x, w)
-
-
-def _conv2d_shift_bwd(stride, padding, res, dy):
-    x, w = res
-    kh, kw, cin, cout = w.shape
-    # dL/dw[i, j, c, o] = sum_{n, p, q} xpad[n, p*sh + i, q*sw + j, c] * dy[n, p, q, o]: one matrix
-    # product of the patches (N*Ho*Wo, kh*kw*cin) with dy (N*Ho*Wo, cout). Differentiating the
-    # forward's broadcast multiplies instead would give kh*kw*cin separate reductions over dy, ~4x slower.
-    patches = im2col(x, (kh, kw), stride, padding)
-    dw = jnp.dot(patches.reshape(-1, kh * kw * cin).T, dy.reshape(-1, cout)).reshape(w.shape)
-    # dL/dx: the transpose of the forward's shifted slices (pads and adds); XLA drops it when x is
-    # the input images, whose gradient nobody asks for.
-    _, vjp_x = jax.vjp(lambda x: _conv2d_shift_forward(x, w, stride, padding), x)
-    return vjp_x(dy)[0], dw.astype(w.dtype)
-
-
-_conv2d_shift.defvjp(_conv2d_shift_fwd, _conv2d_shift_bwd)
-
-
-def conv2d_shift(x: jax.Array, w: jax.Array, stride=1, padding: str = "SAME") -> jax.Array:
-    """NHWC x HWIO convolution (no bias) as a sum of kh*kw*in shifted, broadcast-multiplied slices:
-
-        y = sum_{i, j, c} xpad[:, i::sh, j::sw, c:c+1] * w[i, j, c, :]
-
-    Pure elementwise work, no patch matrix, so XLA fuses it with whatever follows (bias, relu, the
-    max pool): for the CNN's first conv (in = 1, only 9 terms) the 128x28x28x32 output never has to
-    be written to memory. Its kernel gradient is one matrix product of the patches with dy
-    (custom VJP, see `_conv2d_shift_bwd`). Meant for few input channels: the work grows with
-    kh*kw*in, so "auto" uses it only for in == 1.
-    """
-    return _conv2d_shift(x, w, pair(stride, "stride"), check_padding(padding))
-
-
-def conv_impl_for(in_channels: int, impl: str = "auto") -> str:
-    """The conv implementation `impl` names; "auto" = "shift" for one input channel, else "lax"."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "shift" if in_channels == 1 else "lax"
-    return impl
-
-
-def conv2d(x: jax.Array, w: jax.Array, stride=1, padding: str = "SAME", impl: str = "auto") -> jax.Array:
-    """NHWC x HWIO convolution (no bias) by `impl`: "lax", "im2col", "shift", or "auto" ("shift"
-    when the kernel has one input channel, else "lax"); the same sum, see the module doc."""
-    impl = conv_impl_for(w.shape[2], impl)
-    if impl == "shift":
-        return conv2d_shift(x, w, stride, padding)
-    if impl == "im2col":
-        return conv2d_im2col(x, w, stride, padding)
+def conv2d(x: jax.Array, w: jax.Array, stride=1, padding: str = "SAME", impl: str = "lax") -> jax.Array:
+    """NHWC x HWIO convolution (no bias) by `impl`: "lax", "im2col" or "shift" (the fast path's
+    shift convolution: 3x3 kernels, stride 1, SAME padding only); the same sum, see the module doc."""
     if impl == "lax":
         return conv2d_lax(x, w, stride, padding)
-    raise AssertionError(impl)  # unreachable: conv_impl_for checked it
+    if impl == "im2col":
+        return conv2d_im2col(x, w, stride, padding)
+    if impl == "shift":
+        if pair(stride, "stride") != (1, 1) or check_padding(padding) != "SAME":
+            raise ValueError(f"the shift convolution needs stride 1 and SAME padding, got {stride!r}, {padding!r}")
+        return fastpath_layers.shift_conv_3x3(x, w)
+    raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
 
 
 def max_pool2d_reshape(x: jax.Array, window) -> jax.Array:
@@ -265,74 +157,6 @@ def max_pool2d_reshape(x: jax.Array, window) -> jax.Array:
     return jnp.max(x.reshape(n, ho, kh, wo, kw, c), axis=(2, 4))
 
 
-def _pool_windows(x: jax.Array, window) -> list[jax.Array]:
-    """The kh*kw strided views x[:, i::kh, j::kw] of a tiling pool, in row-major (i, j) order."""
-    kh, kw = window
-    n, h, w, c = x.shape
-    ho, wo = h // kh, w // kw
-    xw = x[:, :ho * kh, :wo * kw, :].reshape(n, ho, kh, wo, kw, c)
-    return [xw[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
-
-
-def _first_max(x, window):
-    """(max of each window, int8 row-major index of its first maximum), as one running argmax.
-
-    The index comes from the same comparisons that pick the max (`views[t] > best`, strict, so the
-    earliest of tied values wins), never from comparing `x` with the max afterwards: XLA fuses the
-    producer of `x` (the shift conv, bias and relu) into each consumer and recomputes it there, and
-    two recomputations may round differently (FMA contraction), so `views[t] == y` can be false for
-    every t of a window. Here the index always points at a maximum of the values it was chosen from.
-    """
-    views = _pool_windows(x, window)
-    y, idx = views[0], jnp.zeros(views[0].shape, jnp.int8)
-    for t in range(1, len(views)):
-        idx = jnp.where(views[t] > y, jnp.int8(t), idx)
-        y = jnp.maximum(y, views[t])
-    return y, idx
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool2d_first_max(x, window):
-    return functools.reduce(jnp.maximum, _pool_windows(x, window))
-
-
-def _max_pool2d_first_max_fwd(x, window):
-    y, idx = _first_max(x, window)
-    return y, (idx, x.shape)
-
-
-def _max_pool2d_first_max_bwd(window, res, dy):
-    idx, shape = res
-    (kh, kw), (n, h, w, c) = window, shape
-    ho, wo = h // kh, w // kw
-    taps = jnp.arange(kh * kw, dtype=jnp.int8).reshape(kh, 1, kw, 1)  # broadcast over (kh, wo, kw, c)
-    dx = jnp.where(idx[:, :, None, :, None, :] == taps, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
-    dx = dx.reshape(n, ho * kh, wo * kw, c)
-    if (ho * kh, wo * kw) != (h, w):  # rows/columns VALID dropped get no gradient
-        dx = jnp.pad(dx, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0)))
-    return (dx,)
-
-
-_max_pool2d_first_max.defvjp(_max_pool2d_first_max_fwd, _max_pool2d_first_max_bwd)
-
-
-def max_pool2d_first_max(x: jax.Array, window) -> jax.Array:
-    """VALID max pooling with stride == window whose gradient goes to the FIRST maximum of each
-    window (row-major order), as TF/Keras's MaxPool and XLA's select-and-scatter do.
-
-    Forward: the max of the kh*kw strided views (exact, the same values as every other form).
-    Backward (custom VJP): the forward also records, per window, the int8 index of its first
-    maximum; the gradient is dx = dy where the index matches, else 0. The big input is read once
-    (forward) and dx written once; the backward never reads x again.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"max pooling expects NHWC input, got shape {x.shape}")
-    kh, kw = pair(window, "window")
-    if kh * kw > 127:
-        raise ValueError(f"window {(kh, kw)} too large for the int8 index")
-    return _max_pool2d_first_max(x, (kh, kw))
-
-
 def max_pool2d_reduce_window(x: jax.Array, window, stride=None) -> jax.Array:
     """VALID max pooling for any stride by `jax.lax.reduce_window` (stride defaults to window)."""
     kh, kw = pair(window, "window")
@@ -342,17 +166,19 @@ def max_pool2d_reduce_window(x: jax.Array, window, stride=None) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, sh, sw, 1), "VALID")
 
 
-def max_pool2d(x: jax.Array, window=2, stride=None, impl: str = "auto") -> jax.Array:
-    """VALID max pooling by `impl`: "first_max" or "reshape" (both need stride == window),
-    "reduce_window", or "auto" = first_max when stride == window (the fast path), else reduce_window."""
+def max_pool2d(x: jax.Array, window=2, stride=None, impl: str = "reshape") -> jax.Array:
+    """VALID max pooling by `impl`: "reshape" (needs stride == window), "reduce_window" (any
+    stride), or "first_max" (the fast path's first-max pool: window and stride 2 only)."""
     win = pair(window, "window")
     strides = pair(stride if stride is not None else win, "stride")
-    if impl not in POOL_IMPLS:
-        raise ValueError(f"pool impl must be one of {POOL_IMPLS}, got {impl!r}")
-    if impl in ("reshape", "first_max") and strides != win:
-        raise ValueError(f"the {impl} max pool needs stride == window, got {strides} and {win}")
-    if impl == "first_max" or (impl == "auto" and strides == win):
-        return max_pool2d_first_max(x, win)
+    if impl == "reduce_window":
+        return max_pool2d_reduce_window(x, win, strides)
     if impl == "reshape":
+        if strides != win:
+            raise ValueError(f"the reshape max pool needs stride == window, got {strides} and {win}")
         return max_pool2d_reshape(x, win)
-    return max_pool2d_reduce_window(x, win, strides)
+    if impl == "first_max":
+        if win != (2, 2) or strides != (2, 2):
+            raise ValueError(f"the first-max pool needs window and stride 2, got {win} and {strides}")
+        return fastpath_layers.max_pool_2x2(x)
+    raise ValueError(f"pool impl must be one of {POOL_IMPLS}, got {impl!r}")

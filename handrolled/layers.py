@@ -97,30 +97,14 @@ class Conv2D:
 
     `padding` "SAME" (output size ceil(H / stride); pad total//2 before and the rest after, as
     Keras and Flax) or "VALID" (no padding). `impl` chooses how the sum is computed, with the
-    same result up to float32 rounding (~1e-6): "lax" (`lax.conv_general_dilated`), "im2col"
-    (patches + one matmul), "shift" (kh*kw*in shifted, broadcast-multiplied slices, fused by XLA
-    with what follows), or "auto" (the default: "shift" when in_channels == 1, else "lax").
-
-    Measured with `python -m handrolled.benchmark` on the project's 2-core CPU box (jax 0.10.2),
-    `jax.jit(jax.grad(loss))` of the CNN at batch 128, median ms per call, quietest of 4 runs
-    (other jobs shared the CPU; absolute times varied up to 3x between runs, the order never),
-    before the first-max pool and the shift conv existed:
-
-        conv    pool            grad   forward
-        lax     reduce_window     79       3.3
-        lax     reshape           43       3.7
-        im2col  reduce_window     80      21.6
-        im2col  reshape           54      28.3
-
-    im2col loses on XLA CPU because building the patches is itself a large, poorly vectorised
-    copy (128x14x14x288 floats for conv_1: 11 ms on its own, while the conv's matmul takes 5 ms),
-    and XLA's conv kernels already beat an explicit matmul here. For conv_0 (one input channel)
-    "shift" wins: value_and_grad of the CNN 48 -> 31 ms (numbers in `handrolled.conv`).
+    same result up to float32 rounding (~1e-6): "lax" (`lax.conv_general_dilated`, the default),
+    "im2col" (patches + one matmul), or "shift" (the fast path's shift convolution, 3x3 SAME
+    stride 1 only; `handrolled.conv`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1,
                  padding: str = "SAME", init: str = "he_normal", seed: int = 1234,
-                 impl: str = "auto", *, build: bool = True):
+                 impl: str = "lax", *, build: bool = True):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = conv.pair(kernel_size, "kernel_size")
         self.stride = conv.pair(stride, "stride")
@@ -134,7 +118,7 @@ class Conv2D:
             self.b = jnp.zeros((self.out_channels,), jnp.float32)
 
     @classmethod
-    def from_params(cls, w, b, stride=1, padding: str = "SAME", impl: str = "auto") -> "Conv2D":
+    def from_params(cls, w, b, stride=1, padding: str = "SAME", impl: str = "lax") -> "Conv2D":
         """A Conv2D holding kernel `w` (kh, kw, in, out) and bias `b` (out,), dtypes kept."""
         w, b = _check_params(w, b, 4, "Conv2D")
         kh, kw, cin, cout = w.shape
@@ -172,26 +156,22 @@ class MaxPool2D:
     """VALID max pooling on NHWC input: y[n, p, q, c] = max_{i<kh, j<kw} x[n, p*sh + i, q*sw + j, c].
 
     `stride` defaults to `window` (as Keras's `MaxPooling2D(2)`; note Flax's `nn.max_pool`
-    defaults to stride 1). With `impl="auto"` it runs as `first_max` (max of the strided views,
-    custom VJP sending the gradient to each window's first maximum, as TF and XLA do) when
-    stride == window, otherwise as `lax.reduce_window`; "first_max", "reshape" (reshape + jnp.max)
-    and "reduce_window" force one. All give identical values. Measured on the 2-core CPU box,
-    jitted forward + backward of relu then pool, median ms, one process:
-
-        input              first_max   reshape   reduce_window
-        (128,28,28,32)        1.86       5.45        ~30
-        (128,14,14,64)        0.56       1.73        ~15
-
-    Gradients of "reshape" differ from the others only at tied maxima (see `handrolled.conv`).
+    defaults to stride 1). `impl`: "reshape" (reshape + jnp.max, the default; stride == window),
+    "reduce_window" (`lax.reduce_window`, any stride), or "first_max" (the fast path's 2x2 pool).
+    All give identical values; "reshape"'s gradient differs from the others only at tied maxima
+    (see `handrolled.conv`).
     """
 
-    def __init__(self, window=2, stride=None, impl: str = "auto"):
+    def __init__(self, window=2, stride=None, impl: str = "reshape"):
         self.window = conv.pair(window, "window")
         self.stride = conv.pair(stride if stride is not None else self.window, "stride")
         if impl not in conv.POOL_IMPLS:
             raise ValueError(f"impl must be one of {conv.POOL_IMPLS}, got {impl!r}")
-        if impl in ("reshape", "first_max") and self.stride != self.window:
-            raise ValueError(f"impl={impl!r} needs stride == window, got {self.stride} and {self.window}")
+        if impl == "reshape" and self.stride != self.window:
+            raise ValueError(f"impl='reshape' needs stride == window, got {self.stride} and {self.window}; "
+                             "use impl='reduce_window'")
+        if impl == "first_max" and (self.window, self.stride) != ((2, 2), (2, 2)):
+            raise ValueError(f"impl='first_max' needs window and stride 2, got {self.window} and {self.stride}")
         self.impl = impl
 
     def __call__(self, x: jax.Array) -> jax.Array:

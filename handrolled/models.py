@@ -26,8 +26,8 @@ from handrolled.layers import Conv2D, Flatten, Linear, MaxPool2D, Sequential
 __all__ = ["mlp", "cnn", "build_model", "from_weights", "to_weights"]
 
 
-def _mlp_layers(w: fw.Weights, conv_impl: str, pool_impl: str) -> Sequential:
-    del conv_impl, pool_impl  # no convolutions, no pooling
+def _mlp_layers(w: fw.Weights, conv_impls: tuple[str, str], pool_impl: str) -> Sequential:
+    del conv_impls, pool_impl  # no convolutions, no pooling
     return Sequential(
         Flatten(),
         Linear.from_params(w["dense_0"]["kernel"], w["dense_0"]["bias"]),
@@ -36,12 +36,13 @@ def _mlp_layers(w: fw.Weights, conv_impl: str, pool_impl: str) -> Sequential:
     )
 
 
-def _cnn_layers(w: fw.Weights, conv_impl: str, pool_impl: str) -> Sequential:
+def _cnn_layers(w: fw.Weights, conv_impls: tuple[str, str], pool_impl: str) -> Sequential:
+    conv_0_impl, conv_1_impl = conv_impls
     return Sequential(
-        Conv2D.from_params(w["conv_0"]["kernel"], w["conv_0"]["bias"], padding="SAME", impl=conv_impl),
+        Conv2D.from_params(w["conv_0"]["kernel"], w["conv_0"]["bias"], padding="SAME", impl=conv_0_impl),
         relu,
         MaxPool2D(2, 2, impl=pool_impl),
-        Conv2D.from_params(w["conv_1"]["kernel"], w["conv_1"]["bias"], padding="SAME", impl=conv_impl),
+        Conv2D.from_params(w["conv_1"]["kernel"], w["conv_1"]["bias"], padding="SAME", impl=conv_1_impl),
         relu,
         MaxPool2D(2, 2, impl=pool_impl),
         Flatten(),
@@ -54,16 +55,28 @@ def _cnn_layers(w: fw.Weights, conv_impl: str, pool_impl: str) -> Sequential:
 _BUILDERS = {"mlp": _mlp_layers, "cnn": _cnn_layers}
 
 
-def from_weights(model_name: str, weights: fw.Weights, conv_impl: str = "auto",
-                 pool_impl: str = "auto") -> Sequential:
+def build_model(name: str, init: str = "he_normal", seed: int = 0, *, fast: bool = False) -> Sequential:
+    """A freshly initialised model: from_weights(name, fmnist.weights.init_weights(name, init, seed)).
+
+    Going through the canonical weights means the same (name, init, seed) gives bit-identical
+    starting weights here, in Flax, NNX and Keras.
+    """
+    return from_weights(name, fw.init_weights(name, init, seed), fast=fast)
+
+
+def from_weights(model_name: str, weights: fw.Weights, conv_impl: str = "lax",
+                 pool_impl: str = "reshape", *, fast: bool = False) -> Sequential:
     """The `model_name` ("mlp" or "cnn") network holding `weights` (canonical format, checked).
 
     Arrays are converted with `jnp.asarray`, keeping their dtype and bits (float32 expected).
-    `conv_impl` ("auto", "lax", "im2col", "shift") and `pool_impl` ("auto", "first_max",
-    "reshape", "reduce_window") pick how Conv2D and MaxPool2D compute (see `handrolled.layers`); the weights mean the same.
+    `conv_impl` ("lax", "im2col") and `pool_impl` ("reshape", "reduce_window") pick how Conv2D and
+    MaxPool2D compute (`handrolled.conv`); `fast=True` picks the fast path's layers instead (the
+    shift convolution for conv_0, the first-max pool). The weights mean the same either way.
     """
     fw.check_weights(model_name, weights)
-    return _BUILDERS[model_name](weights, conv_impl, pool_impl)
+    if fast:  # the shift conv pays off for one input channel (conv_0) only
+        return _BUILDERS[model_name](weights, ("shift", "lax"), "first_max")
+    return _BUILDERS[model_name](weights, (conv_impl, conv_impl), pool_impl)
 
 
 def to_weights(model: Sequential) -> fw.Weights:
@@ -85,21 +98,11 @@ def to_weights(model: Sequential) -> fw.Weights:
     return weights
 
 
-def build_model(name: str, init: str = "he_normal", seed: int = 0, conv_impl: str = "auto",
-                pool_impl: str = "auto") -> Sequential:
-    """A freshly initialised model: from_weights(name, fmnist.weights.init_weights(name, init, seed)).
-
-    Going through the canonical weights means the same (name, init, seed) gives bit-identical
-    starting weights here, in Flax and in Keras.
-    """
-    return from_weights(name, fw.init_weights(name, init, seed), conv_impl, pool_impl)
-
-
 def mlp(init: str = "he_normal", seed: int = 0) -> Sequential:
     """The MLP (Flatten, Linear 784->128, relu, Linear 128->10), freshly initialised: build_model("mlp", ...)."""
     return build_model("mlp", init, seed)
 
 
-def cnn(init: str = "he_normal", seed: int = 0, conv_impl: str = "auto", pool_impl: str = "auto") -> Sequential:
+def cnn(init: str = "he_normal", seed: int = 0, conv_impl: str = "lax", pool_impl: str = "reshape") -> Sequential:
     """The CNN (two Conv 3x3 SAME + relu + MaxPool 2/2 blocks, then 3136->128->10), freshly initialised."""
-    return build_model("cnn", init, seed, conv_impl, pool_impl)
+    return from_weights("cnn", fw.init_weights("cnn", init, seed), conv_impl, pool_impl)

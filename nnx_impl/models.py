@@ -17,37 +17,24 @@ Initialisers: `nnx.Linear`/`nnx.Conv` default to lecun_normal, as linen does. Th
 them: `from_weights` builds the model abstractly (`nnx.eval_shape`, nothing drawn) and fills in the
 canonical weights (`fmnist.weights.init_weights`), as all implementations start from those.
 
-The same two deliberate deviations from Flax's examples as `flax_impl.models`, for speed on XLA's CPU
-backend, and the very same functions, imported from there: the pools are `max_pool_2x2` (first-max
-pool with a custom VJP) and conv_0 is a `ShiftConv` (9 shifted slices, kernel gradient one matrix
-product). Sharing them is what keeps this CNN's compiled step identical to the linen one (the
-parity test `test_the_jax_implementations_train_bit_identically` checks it); measurements are in
-`flax_impl.models`.
+The CNN's first convolution and its pools are constructor arguments, so the fast path can swap in
+layers with the same parameters and the same math (`nnx_impl.fast_layers`); the defaults are NNX's own.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_impl.models import max_pool_2x2, shift_conv_3x3
 from fmnist.weights import KERNEL_SHAPES, Weights, check_weights, model_of
 
 
-class ShiftConv(nnx.Module):
-    """`nnx.Conv(in_features, out_features, (3, 3), padding="SAME")` with the same parameters
-    ("kernel" HWIO, "bias"), computed by `flax_impl.models.shift_conv_3x3` as
-    y = b + sum_{i,j,c} xpad[:, i:i+H, j:j+W, c] * kernel[i, j, c] (see `flax_impl.models.ShiftConv`
-    for why and the measurements). Only for few input channels: conv_1 stays an `nnx.Conv`.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (3, 3, in_features, out_features)))
-        self.bias = nnx.Param(jnp.zeros((out_features,)))
-
-    def __call__(self, x):
-        return shift_conv_3x3(x, self.kernel[...]) + self.bias[...]
+def max_pool(x):
+    """2x2 max pooling with stride 2: y[n, i, j, c] = max over a, b in {0, 1} of x[n, 2i+a, 2j+b, c]."""
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class MLP(nnx.Module):
@@ -68,19 +55,21 @@ class MLP(nnx.Module):
 class CNN(nnx.Module):
     """Two 3x3 SAME convs with relu and 2x2/2 max-pool, then Linear 128 -> relu -> Linear 10 (logits)."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
-        self.conv_0 = ShiftConv(1, 32, rngs=rngs)  # = nnx.Conv(1, 32, (3, 3), padding="SAME"), fused
+    def __init__(self, *, rngs: nnx.Rngs, first_conv: Callable[..., nnx.Module] = nnx.Conv,
+                 pool: Callable = max_pool):
+        self.conv_0 = first_conv(1, 32, kernel_size=(3, 3), padding="SAME", rngs=rngs)  # fast path: ShiftConv
         self.conv_1 = nnx.Conv(32, 64, kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        self.pool = pool  # fast path: the first-max pool
         self.dense_0 = nnx.Linear(3136, 128, rngs=rngs)
         self.dense_1 = nnx.Linear(128, 10, rngs=rngs)
 
     def __call__(self, x):
         x = self.conv_0(x)
         x = nnx.relu(x)
-        x = max_pool_2x2(x)  # = nnx.max_pool(x, (2, 2), strides=(2, 2)), faster to differentiate
+        x = self.pool(x)
         x = self.conv_1(x)
         x = nnx.relu(x)
-        x = max_pool_2x2(x)
+        x = self.pool(x)
         x = x.reshape((x.shape[0], -1))  # (N, 7, 7, 64) -> (N, 3136), H, W, C order
         x = self.dense_0(x)
         x = nnx.relu(x)
@@ -91,14 +80,14 @@ class CNN(nnx.Module):
 MODELS = {"mlp": MLP, "cnn": CNN}
 
 
-def build_model(name: str, seed: int = 0) -> nnx.Module:
-    """A fresh `MLP` or `CNN` with Flax's default initialisers drawn from `nnx.Rngs(seed)`."""
+def build_model(name: str, seed: int = 0, **layers) -> nnx.Module:
+    """A fresh `MLP` or `CNN(**layers)` with Flax's default initialisers drawn from `nnx.Rngs(seed)`."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](rngs=nnx.Rngs(seed))
+    return MODELS[name](rngs=nnx.Rngs(seed), **layers)
 
 
-def from_weights(model_name: str, weights: Weights) -> nnx.Module:
+def from_weights(model_name: str, weights: Weights, **layers) -> nnx.Module:
     """Canonical weights -> an `MLP`/`CNN` whose `nnx.Param`s hold copies of them (float32 jax arrays).
 
     The model is built abstractly (`nnx.eval_shape`: shapes only, no random draw) and its state filled
@@ -106,7 +95,7 @@ def from_weights(model_name: str, weights: Weights) -> nnx.Module:
     Conv HWIO), so the values are unchanged.
     """
     check_weights(model_name, weights)
-    abstract = nnx.eval_shape(lambda: build_model(model_name))
+    abstract = nnx.eval_shape(lambda: build_model(model_name, **layers))
     graphdef, state = nnx.split(abstract)
     # np.array first: on CPU `jnp.asarray` (and, in jax 0.10, `jnp.array`) may share an aligned NumPy
     # buffer instead of copying it (measured: 1 of 5 sizes), and then writing to the caller's

@@ -41,7 +41,7 @@ def config_for(model_name: str) -> TrainConfig:
 
 def run_every_impl(model_name, real_splits):
     """impl -> RunResult of `config_for(model_name)` from the canonical initial weights."""
-    from fmnist import runner
+    from fmnist.app import runner
 
     config = config_for(model_name)
     splits = real_splits(val_size=config.val_size, train_limit=config.train_limit, test_limit=config.val_size)

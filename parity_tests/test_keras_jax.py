@@ -45,7 +45,7 @@ import float64_reference as ref  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.loop import train_loader  # noqa: E402
 from fmnist.weights import init_weights  # noqa: E402
-from fmnist.xla import fast_path  # noqa: E402
+from fmnist.fastpath.xla import fast_path  # noqa: E402
 from flax_impl import models as flax_models  # noqa: E402
 from flax_impl import optimizers as flax_opt  # noqa: E402
 from flax_impl import train as flax_train  # noqa: E402
@@ -434,7 +434,7 @@ LAST_STEP = {"mlp": {"float64": 10, "flax": 100, "keras": 100}, "cnn": {"float64
 # Against float64 and TF: test_training.py's 6e-6 (Adam's first step multiplies gradient rounding by
 # 316 on near-zero gradients). The MLP against Flax stays 40x closer than against TF, the teaching
 # point: asserted 3e-7 (5x the 6e-8). The MLP was 0 after one step on jax 0.12 and 1.5e-8 on jax
-# 0.10 (Flax compiles with fmnist.xla.COMPILER_OPTIONS, Keras with XLA's defaults).
+# 0.10 (Flax compiles with fmnist.fastpath.xla.COMPILER_OPTIONS, Keras with XLA's defaults).
 PARAM_TOL = {"mlp": {"float64": 6e-6, "flax": 3e-7, "keras": 6e-6},
              "cnn": {"float64": 6e-6, "flax": 6e-6, "keras": 6e-6}}
 # Pre-update batch losses (~0.5-2.3): 5.1e-6 (MLP vs float64, 10 steps), 2.4e-7 (MLP vs Flax: one

@@ -24,7 +24,7 @@ other does not, and the difference jumps to ~1e-5 and grows (chaos). Measured:
         thousands of pre-activations identical) float32 trio: JAX vs Keras separate at step 53 (a
         2x2 window holding 0.04667445 and 0.04667446, broken differently), 5e-3 apart at step 100;
         initial-weight seeds 1-3 separate (1e-5) at steps 46, 45, 62 (they were 7, 53, 17 when
-        XLA:CPU ran the convolutions in YNNPACK, see fmnist/xla.py: another summation order breaks
+        XLA:CPU ran the convolutions in YNNPACK, see fmnist/fastpath/xla.py: another summation order breaks
         other ties). float64 vs float32: a ReLU flips at step 2.
 So parameters are asserted where the arithmetic guarantees agreement: all pairs at steps 1 and 10 for
 the MLP and the CNN (float64 only at step 1 for the CNN), the float32 trio at step 100 for the MLP,
@@ -55,7 +55,7 @@ import float64_reference as ref
 from fmnist.config import TrainConfig
 from fmnist.loop import train_loader
 from fmnist.weights import init_weights
-from fmnist.xla import fast_path
+from fmnist.fastpath.xla import fast_path
 from flax_impl import models as flax_models
 from flax_impl import optimizers as flax_opt
 from flax_impl import train as flax_train

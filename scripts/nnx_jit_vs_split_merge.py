@@ -8,7 +8,7 @@ three ways, interleaved A B C A B C ... so a slow minute on a shared machine hit
   cached_partial `nnx.cached_partial(that nnx.jit function, model, optimizer)`: the graph traversal
                  cached (Flax's performance guide), the same compiled program
   split/merge    `graphdef, state = nnx.split((model, optimizer))` once, `jax.jit` merging inside
-  split/merge+o  the same with fmnist.xla.COMPILER_OPTIONS (what `make_run_steps` does; `nnx.jit`
+  split/merge+o  the same with fmnist.fastpath.xla.COMPILER_OPTIONS (what `make_run_steps` does; `nnx.jit`
                  accepts no compiler options, so only the first two are like for like)
 for the MLP (batch 32, K = 100 steps in one `lax.scan` per call, as trained; and one step per call,
 where the call's own cost shows) and the CNN (batch 32, one step per call, the CNN's loop; the
@@ -32,7 +32,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import load_splits
 from fmnist.loop import train_loader
 from fmnist.weights import init_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
+from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
 from nnx_impl.models import from_weights
 from nnx_impl.train import _train_step, create_optimizer
 

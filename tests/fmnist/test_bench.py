@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fmnist import bench
+from fmnist.app import bench
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,6 @@ def test_bench_table_lists_every_model(small_splits):
 
 
 def test_the_command_line_offers_what_bench_can_time():
-    from fmnist import bench, cli
+    from fmnist.app import bench, cli
 
     assert cli.BENCH_IMPLS == bench.IMPLS

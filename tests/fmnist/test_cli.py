@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fmnist import cli
+from fmnist.app import cli
 
 
 def run_cli(*args, env=None):
@@ -68,7 +68,7 @@ def test_keras_with_the_paper_convention_is_refused_before_any_training(capsys):
 
 def test_missing_tensorflow_is_a_one_line_reason():
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "from fmnist import cli; raise SystemExit(cli.main(['train', '--impl', 'keras']))")
+            "from fmnist.app import cli; raise SystemExit(cli.main(['train', '--impl', 'keras']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--impl keras needs keras" in result.stderr and "pip install" in result.stderr

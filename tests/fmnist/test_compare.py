@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fmnist.compare import compare
+from fmnist.app.compare import compare
 from fmnist.config import IMPLEMENTATIONS, TrainConfig
 from fmnist.data import load_splits
 
@@ -62,7 +62,7 @@ def test_train_command_writes_the_run(impl, tmp_path):
 
 
 def test_jax_runs_never_import_tensorflow():
-    code = ("import sys; from fmnist import runner, config; "
+    code = ("import sys; from fmnist import config; from fmnist.app import runner; "
             "runner.run('flax', config.TrainConfig(epochs=1, train_limit=200, val_size=100), callbacks=[]); "
             "runner.run('handrolled', config.TrainConfig(epochs=1, train_limit=200, val_size=100), callbacks=[]); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")

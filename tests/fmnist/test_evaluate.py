@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from fmnist import cli, evaluate, runner
+from fmnist.app import cli, runner
 from fmnist.config import TrainConfig
 from fmnist.data import CLASS_NAMES
-from fmnist.history import save_run
+from fmnist.app.rundir import save_run
 from fmnist.weights import init_weights, load_weights, save_weights
 
 INSTALLED = runner.installed_impls()
@@ -123,7 +123,7 @@ def assert_picture(path):
 
 
 def test_confident_mistakes_come_first_then_a_fixed_sample(mlp_run, test_set):
-    from fmnist import evaluation_plots
+    from fmnist.app import evaluation_plots
 
     x, y = test_set
     p = evaluate.softmax(evaluate.predict_logits("handrolled", "mlp", load_weights(mlp_run / "weights.npz"), x))
@@ -195,7 +195,7 @@ def test_every_implementation_predicts_the_same_classes(cnn_run, test_set, tmp_p
 def test_the_default_comparison_needs_no_tensorflow(tmp_path):
     save_weights(tmp_path / "weights.npz", init_weights("mlp"))
     code = ("import sys; sys.modules['tensorflow'] = None\n"  # any import of TensorFlow now fails
-            "from fmnist import cli; raise SystemExit(cli.main(['evaluate', sys.argv[1]]))")
+            "from fmnist.app import cli; raise SystemExit(cli.main(['evaluate', sys.argv[1]]))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "handrolled-flax 0, handrolled-nnx 0, flax-nnx 0" in result.stdout

@@ -18,7 +18,7 @@ from fmnist.callbacks import Callback
 from fmnist.config import TrainConfig
 from fmnist.data import DataError, IdxFile, read_idx
 from fmnist.loop import NonFiniteLoss
-from fmnist.rundir import RunDirError, RunLock, read_run_meta, write_run_meta
+from fmnist.app.rundir import RunDirError, RunLock, read_run_meta, write_run_meta
 from fmnist.weights import init_weights
 
 SMALL = dict(val_size=300, train_limit=1000, test_limit=300)
@@ -181,7 +181,7 @@ def test_run_json_of_any_content_reads_or_is_refused_in_one_line(tmp_path, text)
 def test_a_history_file_of_any_bytes_counts_its_epochs_or_none(tmp_path, raw):
     """`finished_epochs` (what --resume checks --epochs against) reads any history.json without
     raising: the number of epochs it lists, or 0 when it is not a history."""
-    from fmnist.rundir import finished_epochs
+    from fmnist.app.rundir import finished_epochs
 
     (tmp_path / "history.json").write_bytes(raw)
     n = finished_epochs(tmp_path)

@@ -1,4 +1,4 @@
-"""fmnist.xla: the compiler options do what its docstring says, on XLA:CPU."""
+"""fmnist.fastpath.xla: the compiler options do what its docstring says, on XLA:CPU."""
 
 import re
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist.xla import COMPILER_OPTIONS
+from fmnist.fastpath.xla import COMPILER_OPTIONS
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="xla_cpu_* options act on XLA:CPU only")
 
@@ -110,7 +110,7 @@ def test_the_mlp_programs_do_not_change():
 def test_every_wanted_option_is_in_force():
     """The pinned jaxlibs (0.10.2 on Python 3.11, 0.12.0.1 on 3.12+) accept both options, so none
     is silently dropped; a jaxlib that renames one fails here, by name, not in every compile."""
-    from fmnist.xla import WANTED_OPTIONS, accepted_options
+    from fmnist.fastpath.xla import WANTED_OPTIONS, accepted_options
 
     assert COMPILER_OPTIONS == WANTED_OPTIONS, f"dropped by jaxlib {jax.__version__}: {set(WANTED_OPTIONS) - set(COMPILER_OPTIONS)}"
     assert accepted_options({"xla_cpu_no_such_option": 1}) == {}

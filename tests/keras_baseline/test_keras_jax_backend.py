@@ -33,7 +33,7 @@ from keras_baseline.jax_backend import KerasJaxError  # noqa: E402
 REAL_RUN = """
 import io, json, sys
 import numpy as np
-from fmnist import runner
+from fmnist.app import runner
 from fmnist.callbacks import Callback, History, ProgressBar
 from fmnist.config import TrainConfig
 from fmnist.data import Splits
@@ -140,7 +140,7 @@ def test_refusals_come_before_a_child_is_started():
 
 
 def test_the_runner_knows_keras_jax():
-    from fmnist import runner
+    from fmnist.app import runner
 
     assert runner.get_trainer("keras-jax") is jax_backend.train_and_evaluate
 

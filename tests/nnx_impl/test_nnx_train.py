@@ -82,8 +82,8 @@ def test_run_steps_scan_and_loop_are_bit_identical(data):
     model, optimizer = fresh("mlp")
     step_losses = [train_step(model, optimizer, jnp.asarray(x[idx]), jnp.asarray(y[idx]))[0]
                    for idx in np.concatenate([batches, batches])]
-    # `train_step` is `nnx.jit`, compiled without fmnist.xla.COMPILER_OPTIONS; the MLP's programs
-    # are the same either way (fmnist/xla.py): measured bit-identical.
+    # `train_step` is `nnx.jit`, compiled without fmnist.fastpath.xla.COMPILER_OPTIONS; the MLP's programs
+    # are the same either way (fmnist/fastpath/xla.py): measured bit-identical.
     np.testing.assert_array_equal(scan_losses, np.asarray(step_losses, np.float32))
     assert max_diff(scan_weights, to_weights(model)) == 0.0
 
@@ -100,7 +100,7 @@ def test_cnn_run_steps_equals_single_train_steps(data, grad_parts=2):
         want_corrects.append(int(correct))
     assert list(corrects) == want_corrects
     # `nnx.jit` takes no compiler options, so `train_step` runs the convolutions in YNNPACK and the
-    # fast path in XLA's own kernels (fmnist.xla.COMPILER_OPTIONS), which sum in another order.
+    # fast path in XLA's own kernels (fmnist.fastpath.xla.COMPILER_OPTIONS), which sum in another order.
     # Measured after 6 steps: losses (~2.3) 4.8e-7-7.2e-7 apart (2-3 ulp), parameters 2.1e-7-7.4e-7
     # (jax 0.10.2 and 0.12.0.1, 1 and 2 slices); compiled with the same options, the two are
     # bit-identical. 1e-5 is float32 rounding with room; a wrong batch or a skipped update is O(0.1).

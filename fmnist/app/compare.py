@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from fmnist import jsonio, runner
+from fmnist import jsonio
+from fmnist.app import runner
 from fmnist.callbacks import ProgressBar
 from fmnist.config import IMPLEMENTATIONS, TrainConfig
 from fmnist.data import Splits
@@ -115,6 +116,6 @@ def compare(config: TrainConfig, splits: Splits, out_dir: str | Path, impls=IMPL
     out.mkdir(parents=True, exist_ok=True)
     jsonio.write_json(out / "report.json", report)
     write_markdown(report, out / "report.md")
-    from fmnist.plots import plot_comparison
+    from fmnist.app.plots import plot_comparison
     plot_comparison(report, out / "curves.png")
     return report

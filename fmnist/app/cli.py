@@ -17,7 +17,7 @@ from fmnist.initializers import INITIALIZERS
 from fmnist.weights import MODEL_NAMES
 
 DEFAULTS = TrainConfig()
-BENCH_IMPLS = ("handrolled", "flax", "nnx", "keras")  # fmnist.bench.IMPLS, without importing JAX here
+BENCH_IMPLS = ("handrolled", "flax", "nnx", "keras")  # fmnist.app.bench.IMPLS, without importing JAX here
 
 
 def positive_int(text: str) -> int:
@@ -67,6 +67,9 @@ def add_train_flags(p: argparse.ArgumentParser, epochs: int = DEFAULTS.epochs) -
                    help="train on only the first N remaining training examples")
     p.add_argument("--steps-per-call", type=positive_int, default=DEFAULTS.steps_per_call,
                    help="JAX implementations: training steps compiled into one call")
+    p.add_argument("--readable", dest="fast", action="store_false",
+                   help="JAX implementations: train on the readable path (plain layers, one jitted step "
+                        "per batch) instead of the fast path; the same numbers to float32 rounding, slower")
     p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a lower validation loss")
     p.add_argument("--no-terminate-on-nan", dest="terminate_on_nan", action="store_false",
@@ -83,7 +86,8 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer, momentum=args.momentum, adam_convention=args.adam_convention,
         adam_eps=args.adam_eps, init=args.init, seed=args.seed, val_size=args.val_size,
         train_limit=args.train_limit, steps_per_call=args.steps_per_call,
-        early_stopping_patience=args.early_stopping, terminate_on_nan=args.terminate_on_nan)
+        early_stopping_patience=args.early_stopping, terminate_on_nan=args.terminate_on_nan,
+        fast=args.fast)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,8 +175,8 @@ def explicit_flags(argv) -> set[str]:
 
 def resumed_config(args, argv) -> tuple[str, TrainConfig]:
     """(impl, config) of the run in `args.resume`; a flag that contradicts it is refused."""
-    from fmnist import rundir
-    from fmnist.rundir import RunDirError, read_run_meta
+    from fmnist.app import rundir
+    from fmnist.app.rundir import RunDirError, read_run_meta
 
     impl, saved = read_run_meta(args.resume)
     given = config_from(args).to_dict() | {"impl": args.impl}
@@ -191,10 +195,10 @@ def resumed_config(args, argv) -> tuple[str, TrainConfig]:
 
 
 def cmd_train(args, argv=None) -> int:
-    from fmnist import runner, rundir
+    from fmnist.app import runner, rundir
     from fmnist.callbacks import ProgressBar
     from fmnist.data import load_splits
-    from fmnist.history import save_run
+    from fmnist.app.rundir import save_run
     from fmnist.loop import NonFiniteLoss
 
     if args.resume is not None:
@@ -240,11 +244,11 @@ def cmd_train(args, argv=None) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fmnist.compare import compare, markdown_table
+    from fmnist.app.compare import compare, markdown_table
     from fmnist.data import load_splits
 
     config = config_from(args)
-    from fmnist.runner import installed_impls
+    from fmnist.app.runner import installed_impls
 
     impls = list(dict.fromkeys(args.impls or installed_impls()))  # each once, in the order given
     out = output_dir(args.out or Path("runs") / f"compare-{config.model}")
@@ -257,8 +261,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from fmnist import runner
-    from fmnist.bench import main_bench
+    from fmnist.app import runner
+    from fmnist.app.bench import main_bench
     from fmnist.data import load_splits
 
     impls = list(dict.fromkeys(args.impls or [i for i in runner.installed_impls() if i in BENCH_IMPLS]))
@@ -269,8 +273,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from fmnist.evaluate import OUTPUT_FILES, evaluate_run, summary
-    from fmnist.runner import installed_impls
+    from fmnist.app.evaluate import OUTPUT_FILES, evaluate_run, summary
+    from fmnist.app.runner import installed_impls
 
     if args.no_compare:
         compare_impls = []

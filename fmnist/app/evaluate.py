@@ -124,7 +124,7 @@ def load_test_set(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
 def check_impl(impl: str, flag: str = "--impl") -> None:
     """ValueError unless `impl` is a known implementation whose packages are installed (`flag`: the
     option the message names)."""
-    from fmnist.runner import NEEDS, installed_impls
+    from fmnist.app.runner import NEEDS, installed_impls
 
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
@@ -150,7 +150,7 @@ def _batches(x: np.ndarray, batch_size: int):
 def _jax_logits(forward, params, x: np.ndarray, batch_size: int) -> np.ndarray:
     import jax
 
-    from fmnist.xla import COMPILER_OPTIONS  # the options the implementations' own evaluate steps use
+    from fmnist.fastpath.xla import COMPILER_OPTIONS  # the options the implementations' own evaluate steps use
 
     jitted = jax.jit(forward, compiler_options=COMPILER_OPTIONS)
     return np.concatenate([np.asarray(jitted(params, xb), np.float32)[:n] for xb, n in _batches(x, batch_size)])
@@ -280,7 +280,7 @@ def compare_logits(logits: dict[str, np.ndarray]) -> dict:
 def comparison_impls(impl: str, compare_impls=None) -> list[str]:
     """Which implementations to compare with `impl` (itself first): `compare_impls` as given (each
     checked), or by default the installed in-process JAX ones; [] compares nothing."""
-    from fmnist.runner import installed_impls
+    from fmnist.app.runner import installed_impls
 
     if compare_impls is None:
         others = [i for i in JAX_IMPLS if i in installed_impls()]
@@ -338,7 +338,7 @@ def evaluate_run(run_dir: str | Path, impl: str | None = None, out_dir: str | Pa
     report["smallest_top2_gap"] = agreement["smallest_top2_gap"]
     write_evaluation_json(out / OUTPUT_FILES["evaluation"], report)
     if plots:
-        from fmnist import evaluation_plots
+        from fmnist.app import evaluation_plots
 
         probabilities = softmax(z)
         title = f"{impl} {model} (weights: {run_dir})"

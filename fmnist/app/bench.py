@@ -28,7 +28,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
-from fmnist.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
+from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -127,7 +127,7 @@ def _bound_timer(config: TrainConfig, splits: Splits, steps: int) -> Callable[[]
         return (p, m, v), z[0, 0]
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    # The same loop structure and compiler options as the implementations' scans (fmnist.xla), so
+    # The same loop structure and compiler options as the implementations' scans (fmnist.fastpath.xla), so
     # the bound gets every advantage they get.
     run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=SCAN_UNROLL),
                   compiler_options=COMPILER_OPTIONS)

@@ -22,6 +22,8 @@ from pathlib import Path
 from fmnist import jsonio
 from fmnist.callbacks import Callback
 from fmnist.config import TrainConfig
+from fmnist.history import RunResult, versions
+from fmnist.weights import save_weights
 
 RUN_FILES = ("run.json", "history.json", "checkpoint", "weights.npz")
 
@@ -106,8 +108,6 @@ class HistoryWriter(Callback):
     """
 
     def __init__(self, directory: Path, impl: str, config: TrainConfig):
-        from fmnist.history import versions
-
         self.path = Path(directory) / "history.json"
         self.head = {"impl": impl, "config": config.to_dict()}
         self.rows = []
@@ -123,3 +123,16 @@ class HistoryWriter(Callback):
     def on_epoch_end(self, epoch, logs):
         self.rows = [row for row in self.rows if row["epoch"] < epoch + 1] + [dict(logs)]
         self.write("running")
+
+
+def save_run(result: RunResult, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write history.json, weights.npz and (if `plot`) curves.png into `out_dir`; return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"history": out / "history.json", "weights": out / "weights.npz"}
+    jsonio.write_json(paths["history"], {**result.to_json(), "status": "finished"})
+    save_weights(paths["weights"], result.weights)
+    if plot:
+        from fmnist.app.plots import plot_history
+        paths["curves"] = plot_history(result.to_json(), out / "curves.png")
+    return paths

@@ -1,3 +1,0 @@
-from fmnist.cli import main
-
-raise SystemExit(main())

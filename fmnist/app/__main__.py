@@ -1,0 +1,3 @@
+from fmnist.app.cli import main
+
+raise SystemExit(main())
