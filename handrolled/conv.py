@@ -41,8 +41,8 @@ from fmnist.fastpath import layers as fastpath_layers
 __all__ = [
     "PADDINGS", "CONV_IMPLS", "POOL_IMPLS", "pair", "check_padding", "same_padding", "conv_padding",
     "conv_output_size",
-    "im2col", "conv2d_lax", "conv2d_im2col", "conv2d_shift", "conv2d",
-    "max_pool2d_reshape", "max_pool2d_first_max", "max_pool2d_reduce_window", "max_pool2d",
+    "im2col", "conv2d_lax", "conv2d_im2col", "conv2d",
+    "max_pool2d_reshape", "max_pool2d_reduce_window", "max_pool2d",
 ]
 
 PADDINGS = ("SAME", "VALID")
@@ -166,11 +166,14 @@ def max_pool2d_reduce_window(x: jax.Array, window, stride=None) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, sh, sw, 1), "VALID")
 
 
-def max_pool2d(x: jax.Array, window=2, stride=None, impl: str = "reshape") -> jax.Array:
+def max_pool2d(x: jax.Array, window=2, stride=None, impl: str | None = None) -> jax.Array:
     """VALID max pooling by `impl`: "reshape" (needs stride == window), "reduce_window" (any
-    stride), or "first_max" (the fast path's first-max pool: window and stride 2 only)."""
+    stride), "first_max" (the fast path's first-max pool: window and stride 2 only), or None:
+    reshape when the windows tile the image (stride == window), else reduce_window."""
     win = pair(window, "window")
     strides = pair(stride if stride is not None else win, "stride")
+    if impl is None:
+        impl = "reshape" if strides == win else "reduce_window"
     if impl == "reduce_window":
         return max_pool2d_reduce_window(x, win, strides)
     if impl == "reshape":

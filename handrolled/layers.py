@@ -156,15 +156,18 @@ class MaxPool2D:
     """VALID max pooling on NHWC input: y[n, p, q, c] = max_{i<kh, j<kw} x[n, p*sh + i, q*sw + j, c].
 
     `stride` defaults to `window` (as Keras's `MaxPooling2D(2)`; note Flax's `nn.max_pool`
-    defaults to stride 1). `impl`: "reshape" (reshape + jnp.max, the default; stride == window),
-    "reduce_window" (`lax.reduce_window`, any stride), or "first_max" (the fast path's 2x2 pool).
+    defaults to stride 1). `impl`: "reshape" (reshape + jnp.max; the default when stride ==
+    window), "reduce_window" (`lax.reduce_window`, any stride; the default otherwise), or
+    "first_max" (the fast path's 2x2 pool).
     All give identical values; "reshape"'s gradient differs from the others only at tied maxima
     (see `handrolled.conv`).
     """
 
-    def __init__(self, window=2, stride=None, impl: str = "reshape"):
+    def __init__(self, window=2, stride=None, impl: str | None = None):
         self.window = conv.pair(window, "window")
         self.stride = conv.pair(stride if stride is not None else self.window, "stride")
+        if impl is None:  # reshape where the windows tile the image, reduce_window otherwise
+            impl = "reshape" if self.stride == self.window else "reduce_window"
         if impl not in conv.POOL_IMPLS:
             raise ValueError(f"impl must be one of {conv.POOL_IMPLS}, got {impl!r}")
         if impl == "reshape" and self.stride != self.window:

@@ -17,9 +17,10 @@ before absl's logging is initialised ("oneDNN custom operations are on ...", twi
 `import_keras()` drops exactly those lines and passes every other line of stderr through.
 oneDNN itself stays on (TF's default): the reference is what a Keras user gets.
 
-TensorFlow is imported by `keras_baseline.models` and `keras_baseline.train` on the TensorFlow
-backend, never by `fmnist`, `keras_baseline.rules`, `keras_baseline.verbosity` or the parent side of
-`keras_baseline.jax_backend`.
+TensorFlow is imported by `keras_baseline.models`, `keras_baseline.train` and
+`keras_baseline.fit_callbacks` on the TensorFlow backend, never by `fmnist`, `keras_baseline.rules`,
+`keras_baseline.verbosity` or the parent side of keras-jax (`keras_baseline.jax_backend`,
+`keras_baseline.jax_parity`, `keras_baseline.child_launcher`).
 """
 
 import os

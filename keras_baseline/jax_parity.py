@@ -1,7 +1,7 @@
 """The parity worker of `--impl keras-jax`: Keras-on-JAX numbers for parity_tests/test_keras_jax.py.
 
 `run_parity(items, arrays, weights)` computes, in ONE child process on Keras's JAX backend
-(`python -m keras_baseline.jax_parity DIR`, started with `keras_baseline.jax_backend`'s transport),
+(`python -m keras_baseline.jax_parity DIR`, started by `keras_baseline.child_launcher`),
 what the parity suite compares: logits, loss and gradients, training steps, single layers and Adam
 updates; `fmnist evaluate --impl keras-jax` uses its "logits" item. Inputs and results travel as
 .npy/.npz files in a temporary directory.
@@ -18,7 +18,8 @@ import numpy as np
 
 from fmnist.config import TrainConfig
 from fmnist.weights import Weights, load_weights, save_weights
-from keras_baseline.jax_backend import _import_keras_on_jax, child_command, run_as_child, run_child
+from keras_baseline.child_launcher import child_command, run_child
+from keras_baseline.child_runtime import import_keras_on_jax, run_as_child
 
 
 # --------------------------------------------------------------------------- parent
@@ -89,7 +90,7 @@ def _unflatten(npz) -> dict:
 def _child_parity(directory: Path) -> None:
     """Compute every item of DIR/request.json and save each result as DIR/results/{i}.npz."""
     request = json.loads((directory / "request.json").read_text())
-    models, train = _import_keras_on_jax()
+    models, train = import_keras_on_jax()
     import jax
 
     for key, value in request["jax_config"].items():
@@ -103,14 +104,12 @@ def _child_parity(directory: Path) -> None:
 
 
 def _parity_logits(item, arrays, weights, models, train):
-    model = models.build_model(item["model"])
-    models.set_weights(model, weights[item["weights"]])
+    model = models.from_weights(item["model"], weights[item["weights"]])
     return {"logits": train.logits(model, arrays[item["x"]])}
 
 
 def _parity_loss_and_grads(item, arrays, weights, models, train):
-    model = models.build_model(item["model"])
-    models.set_weights(model, weights[item["weights"]])
+    model = models.from_weights(item["model"], weights[item["weights"]])
     loss, grads = train.loss_and_grads(model, arrays[item["x"]], arrays[item["y"]])
     return {"loss": np.float64(loss), "grads": grads}
 
@@ -123,7 +122,7 @@ def _parity_train_steps(item, arrays, weights, models, train):
     losses, after, done = [], {}, 0
     for stop in sorted(item["snapshots"]):
         losses.append(train.train_steps(model, [(x[idx], y[idx]) for idx in batches[done:stop]]))
-        after[stop], done = models.get_weights(model), stop
+        after[stop], done = models.to_weights(model), stop
     return {"losses": np.concatenate(losses), "after": after}
 
 

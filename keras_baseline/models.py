@@ -55,17 +55,14 @@ def build_model(name: str) -> keras.Sequential:
     return keras.Sequential([keras.Input(INPUT_SHAPE), *layers], name=name)
 
 
-def set_weights(model: keras.Model, weights: Weights) -> None:
-    """Load canonical weights into the layers of the same names (shapes are checked first)."""
-    # build_model names the model after its architecture; check the weights against that.
-    check_weights(model.name if model.name in KERNEL_SHAPES else model_of(weights), weights)
-    for layer_name, params in weights.items():
-        # Keras keeps a Dense or Conv2D layer's variables in the order [kernel, bias].
-        model.get_layer(layer_name).set_weights([np.asarray(params["kernel"], np.float32),
-                                                 np.asarray(params["bias"], np.float32)])
+def from_weights(model_name: str, weights: Weights) -> keras.Sequential:
+    """A built, uncompiled `model_name` model holding the canonical `weights` (their shapes are checked)."""
+    model = build_model(model_name)
+    assign_weights(model, weights)
+    return model
 
 
-def get_weights(model: keras.Model) -> Weights:
+def to_weights(model: keras.Model) -> Weights:
     """The model's parameters as canonical weights: float32 NumPy copies, in canonical layer order."""
     weights = {}
     for layer in model.layers:  # Sequential's layers are in call order, which is the canonical order
@@ -73,3 +70,17 @@ def get_weights(model: keras.Model) -> Weights:
             kernel, bias = layer.get_weights()
             weights[layer.name] = {"kernel": np.array(kernel, np.float32), "bias": np.array(bias, np.float32)}
     return weights
+
+
+def assign_weights(model: keras.Model, weights: Weights) -> None:
+    """Overwrite the variables of an existing model (compiled or not) with canonical `weights`, by layer name.
+
+    What `from_weights` does to a new model; for reusing one compiled (and traced) model, as the
+    parity tests do. The weights are checked against the architecture the model is named after.
+    """
+    # build_model names the model after its architecture; check the weights against that.
+    check_weights(model.name if model.name in KERNEL_SHAPES else model_of(weights), weights)
+    for layer_name, params in weights.items():
+        # Keras keeps a Dense or Conv2D layer's variables in the order [kernel, bias].
+        model.get_layer(layer_name).set_weights([np.asarray(params["kernel"], np.float32),
+                                                 np.asarray(params["bias"], np.float32)])

@@ -6,7 +6,8 @@ in a child process started with KERAS_BACKEND=jax). Only `loss_and_grads` differ
 
 What is shared with the JAX implementations is only what defines the run: the config, the initial
 weights, the preprocessed arrays and the batch order. Everything else is Keras's own: `fit`, its
-loss/accuracy bookkeeping, its progress bar, its `EarlyStopping`, `evaluate`.
+loss/accuracy bookkeeping, its progress bar, its `EarlyStopping`, `evaluate`. The Keras callbacks
+`fit` is given are in `keras_baseline.fit_callbacks`.
 
 The batch order. `fit(shuffle=True)` cannot be used: its permutation comes from `tf.random` (nothing
 JAX can reproduce) and, once `keras.utils.set_random_seed` is called, it is the *same* permutation
@@ -33,30 +34,35 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import time
 
 import numpy as np
 
-from fmnist import callbacks as fmnist_callbacks
 from fmnist.config import TrainConfig
 from fmnist.data import Dataloader, Splits
 from fmnist.history import RunResult
 from fmnist.loop import NonFiniteLoss, finish, train_loader
 from fmnist.weights import Weights
 from keras_baseline import checkpoint, import_keras, rules
-from keras_baseline.models import build_model, get_weights, set_weights
-from keras_baseline.verbosity import keras_verbosity, wants_batches
+from keras_baseline.fit_callbacks import (EpochCheckpoint, EpochTimer, FmnistCallbacks, ResumedEarlyStopping,
+                                          StopOnNonFiniteLoss, epoch_row)
+from keras_baseline.models import from_weights, to_weights
+from keras_baseline.verbosity import keras_verbosity
 
 keras = import_keras()
 BACKEND = keras.backend.backend()  # "tensorflow" (--impl keras) or "jax" (--impl keras-jax)
 IMPL = {"tensorflow": "keras", "jax": "keras-jax"}[BACKEND]
 
 
-# --------------------------------------------------------------------------- model and optimizer
+# --------------------------------------------------------------------------- what can run, the optimizer
+
+def check(config: TrainConfig) -> None:
+    """Raise ValueError if Keras cannot run `config` (`keras_baseline.rules`, importable without Keras)."""
+    rules.check(config)
+
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     """Keras's Adam or SGD with the config's hyper-parameters."""
-    rules.check(config)
+    check(config)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.b1, beta_2=config.b2,
                                      epsilon=config.adam_eps)
@@ -70,10 +76,68 @@ def make_loss() -> keras.losses.Loss:
 
 def compiled_model(config: TrainConfig, weights: Weights) -> keras.Sequential:
     """`config.model`, loaded with `weights` and compiled with the config's optimizer."""
-    model = build_model(config.model)
-    set_weights(model, weights)
+    model = from_weights(config.model, weights)
     model.compile(optimizer=make_optimizer(config), loss=make_loss(), metrics=["accuracy"])
     return model
+
+
+# --------------------------------------------------------------------------- one batch, the whole set
+
+def loss_and_grads(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
+    """The mean cross-entropy of `model` on the batch (x, y), and its gradient w.r.t. every weight.
+
+    Returns (loss, grads): the loss as a float, the gradients as canonical weights (float32), at the
+    model's current weights (nothing is updated). TensorFlow: eagerly, under a `tf.GradientTape`.
+    JAX: `jax.value_and_grad` of the model's `stateless_call`, jitted, as Keras's JAX trainer
+    differentiates its `train_step`.
+    """
+    layers = [layer for layer in model.layers if layer.weights]
+    variables = [v for layer in layers for v in (layer.kernel, layer.bias)]
+    loss, grads = (_jax_loss_and_grads if BACKEND == "jax" else _tf_loss_and_grads)(model, variables, x, y)
+    out = {layer.name: {"kernel": np.asarray(grads[2 * i], np.float32),
+                        "bias": np.asarray(grads[2 * i + 1], np.float32)}
+           for i, layer in enumerate(layers)}
+    return float(loss), out
+
+
+def _tf_loss_and_grads(model, variables, x, y):
+    import tensorflow as tf  # already imported by keras on this backend
+
+    with tf.GradientTape() as tape:
+        loss = make_loss()(y, model(x, training=True))
+    return loss, tape.gradient(loss, variables)
+
+
+def _jax_loss_and_grads(model, variables, x, y):
+    import jax  # already imported by keras on this backend
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    loss_fn = make_loss()
+
+    def loss_of(trainable, x, y):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, y_pred)
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_of))(trainable, x, y)
+    # `stateless_call` takes and returns values in `model.trainable_variables` order.
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    return loss, [grads[position[id(v)]] for v in variables]
+
+
+# train_step: none as a free function - Keras's step is `Model.train_step`, run inside `fit` (see `train_steps`).
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` over every example of (x, y): Keras's `model.evaluate`.
+
+    A model compiled by `compiled_model` is evaluated with its compiled loss and accuracy; one that
+    is not compiled yet (`from_weights`) is compiled here first, in place, with the same loss and metric.
+    """
+    if not model.compiled:
+        model.compile(loss=make_loss(), metrics=["accuracy"])
+    result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return float(result["loss"]), float(result["accuracy"])
 
 
 # --------------------------------------------------------------------------- the shared batch order
@@ -112,112 +176,6 @@ class EpochSetter(keras.callbacks.Callback):
         self.dataset.set_epoch(epoch)
 
 
-# --------------------------------------------------------------------------- callbacks
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch, validation included (as in the JAX loop's `seconds`)."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
-class FmnistCallbacks(keras.callbacks.Callback):
-    """Calls project callbacks (`fmnist.callbacks.Callback`) from inside `fit`.
-
-    They get the same calls as in the JAX loop: `on_epoch_end` receives the epoch's row in the
-    fmnist schema, and a callback that sets `stop_training` stops `fit` after that epoch.
-    `on_batch_end` is only forwarded when some callback overrides it: turning Keras's batch logs into
-    floats waits for every step to finish, which costs time for nothing otherwise.
-    """
-
-    def __init__(self, callbacks, config: TrainConfig, num_steps: int, timer: EpochTimer, done_rows=()):
-        super().__init__()
-        self.callbacks = fmnist_callbacks.CallbackList(callbacks)
-        self.config, self.num_steps, self.timer = config, num_steps, timer
-        self.wants_batches = wants_batches(self.callbacks.callbacks)
-        self.done_rows = list(done_rows)
-
-    def on_train_begin(self, logs=None):
-        self.callbacks.on_train_begin(self.config)
-        for cb in self.callbacks.callbacks:  # a resumed run's earlier epochs (as fmnist.loop does)
-            if hasattr(cb, "replay"):
-                cb.replay(self.done_rows)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.callbacks.on_epoch_begin(epoch, self.num_steps)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.wants_batches:
-            self.callbacks.on_batch_end(batch + 1, {k: float(logs[k]) for k in ("loss", "accuracy")})
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.callbacks.on_epoch_end(epoch, epoch_row(epoch, logs, self.timer.seconds[-1]))
-        if self.callbacks.stop_training:
-            self.model.stop_training = True
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop `fit` at the first batch whose loss is NaN or infinite, then raise
-    `fmnist.loop.NonFiniteLoss` as the JAX loop does.
-
-    Checks what Keras's `TerminateOnNaN` checks (logs["loss"], the epoch's running mean, non-finite
-    from the first non-finite batch on) and stops the same way (`model.stop_training`); the error
-    is raised from `on_epoch_end`, which Keras still calls for the stopped epoch, and this callback
-    comes first, so no later callback saves or reports that epoch.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.found = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float(logs["loss"])
-        if self.found is None and not np.isfinite(loss):
-            self.found, self.model.stop_training = (batch + 1, loss), True
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.found is not None:
-            raise NonFiniteLoss(epoch + 1, *self.found)
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: the model's and optimizer's variables and the rows so far, to disk."""
-
-    def __init__(self, directory, timer: EpochTimer, done_rows=()):
-        super().__init__()
-        self.directory, self.timer, self.rows = directory, timer, list(done_rows)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.rows.append(epoch_row(epoch, logs, self.timer.seconds[-1]))
-        checkpoint.save(self.directory, self.model, epoch + 1, self.rows)
-
-
-class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
-    """`keras.callbacks.EarlyStopping` that, in a resumed run, first counts the earlier epochs."""
-
-    def __init__(self, done_rows=(), **kwargs):
-        super().__init__(**kwargs)
-        self.done_rows = list(done_rows)
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for epoch, row in enumerate(self.done_rows):
-            super().on_epoch_end(epoch, row)
-
-
-def epoch_row(epoch: int, logs: dict, seconds: float) -> dict:
-    """One epoch of Keras's logs as a row of the fmnist history (1-based `epoch`)."""
-    row = {"epoch": epoch + 1}
-    row.update({k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
-    row["seconds"] = seconds
-    return row
-
-
 # --------------------------------------------------------------------------- training
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
@@ -226,8 +184,9 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
 
     `callbacks` are project callbacks (`fmnist.callbacks`); see `FmnistCallbacks` and
     `keras_verbosity`. `config.early_stopping_patience` adds `keras.callbacks.EarlyStopping` on
-    val_loss (loss when there is no validation set). A project `EarlyStopping` passed in as well is still forwarded; it applies the same
-    rule (stop after `patience` epochs without a strictly lower val_loss), so both stop together.
+    val_loss (loss when there is no validation set). A project `EarlyStopping` passed in as well is
+    still forwarded; it applies the same rule (stop after `patience` epochs without a strictly lower
+    val_loss), so both stop together.
     With `checkpoint_dir`, a run resumes from the last epoch saved there (`keras_baseline.checkpoint`,
     then `fit(initial_epoch=...)`) and saves after every epoch. A non-finite training loss raises
     `fmnist.loop.NonFiniteLoss` unless `config.terminate_on_nan` is off.
@@ -235,7 +194,7 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     # Seeds Python's `random`, NumPy's global state, TF and Keras: a side effect on the caller's global
     # RNGs, harmless here (the project draws from explicit `np.random.default_rng`s), but note it.
     # On the JAX backend it imports TensorFlow too when installed (to seed tf.data); the keras-jax
-    # child blocks that import (keras_baseline.jax_backend), and without TensorFlow it is skipped.
+    # child blocks that import (keras_baseline.child_runtime), and without TensorFlow it is skipped.
     keras.utils.set_random_seed(config.seed)
     model = compiled_model(config, initial_weights)
     verbose, stream, forwarded = keras_verbosity(callbacks)
@@ -272,14 +231,12 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
 
     epochs = done_rows + [epoch_row(e, {k: v[i] for k, v in history.history.items()}, timer.seconds[i])
                           for i, e in enumerate(history.epoch)]
-    test = model.evaluate(splits.x_test, splits.y_test, batch_size=config.eval_batch_size,
-                          verbose=0, return_dict=True)
-    logs = finish(forwarded, test["loss"], test["accuracy"])
+    logs = finish(forwarded, *evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size))
     if stream is not None:  # the line the project's ProgressBar prints at the end of training
         stream.write(f"test_loss: {logs['test_loss']:.4f} - test_accuracy: {logs['test_accuracy']:.4f}\n")
         stream.flush()
     return RunResult(impl=IMPL, config=config, epochs=epochs, test_loss=logs["test_loss"],
-                     test_accuracy=logs["test_accuracy"], weights=get_weights(model))
+                     test_accuracy=logs["test_accuracy"], weights=to_weights(model))
 
 
 # --------------------------------------------------------------------------- helpers for parity tests
@@ -303,43 +260,3 @@ def logits(model: keras.Model, x: np.ndarray, batch_size: int = 1000) -> np.ndar
     """
     return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
                            for i in range(0, len(x), batch_size)])
-
-
-def loss_and_grads(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
-    """Mean cross-entropy on one batch and its gradient w.r.t. every weight, in canonical layout.
-
-    TensorFlow: eagerly, under a `tf.GradientTape`. JAX: `jax.value_and_grad` of the model's
-    `stateless_call`, jitted, as Keras's JAX trainer differentiates its `train_step`.
-    """
-    layers = [layer for layer in model.layers if layer.weights]
-    variables = [v for layer in layers for v in (layer.kernel, layer.bias)]
-    loss, grads = (_jax_loss_and_grads if BACKEND == "jax" else _tf_loss_and_grads)(model, variables, x, y)
-    out = {layer.name: {"kernel": np.asarray(grads[2 * i], np.float32),
-                        "bias": np.asarray(grads[2 * i + 1], np.float32)}
-           for i, layer in enumerate(layers)}
-    return float(loss), out
-
-
-def _tf_loss_and_grads(model, variables, x, y):
-    import tensorflow as tf  # already imported by keras on this backend
-
-    with tf.GradientTape() as tape:
-        loss = make_loss()(y, model(x, training=True))
-    return loss, tape.gradient(loss, variables)
-
-
-def _jax_loss_and_grads(model, variables, x, y):
-    import jax  # already imported by keras on this backend
-
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    loss_fn = make_loss()
-
-    def loss_of(trainable, x, y):
-        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        return loss_fn(y, y_pred)
-
-    loss, grads = jax.jit(jax.value_and_grad(loss_of))(trainable, x, y)
-    # `stateless_call` takes and returns values in `model.trainable_variables` order.
-    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    return loss, [grads[position[id(v)]] for v in variables]

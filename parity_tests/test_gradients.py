@@ -1,9 +1,10 @@
 """Loss and gradient of every parameter, MLP and CNN, on one real batch, from the same weights.
 
 Each implementation uses the loss its training step differentiates:
-  hand-rolled: `handrolled.train.loss_and_correct` (sparse_cross_entropy_with_logits) via jax.value_and_grad
-  Flax:        `flax_impl.train._loss_and_logits` (optax integer-label cross-entropy) via jax.value_and_grad
-  NNX:         `nnx_impl.train._loss_and_logits` (the same loss on the NNX module) via nnx.value_and_grad
+  hand-rolled: `handrolled.train.loss_and_grads` (sparse_cross_entropy_with_logits, jax.value_and_grad)
+  Flax:        `flax_impl.train.loss_and_correct` (optax integer-label cross-entropy) via jax.value_and_grad
+  NNX:         `nnx_impl.train.loss_and_grads` (the same loss on the NNX module, nnx.value_and_grad)
+  (all on the readable models: lax convolutions, reshape / nn.max_pool pools)
   Keras:       `keras_baseline.train.loss_and_grads` (SparseCategoricalCrossentropy(from_logits=True), GradientTape)
   float64:     hand-written backprop in NumPy (float64_reference.loss_and_grads)
 Gradients are compared in the canonical layout (fmnist.weights), so a transposed kernel or a
@@ -31,23 +32,21 @@ def loss_and_grads(impl, model_name, weights, x, y, reference):
     if impl == "float64":
         return reference
     if impl == "handrolled":
-        f = jax.jit(jax.value_and_grad(htrain.loss_and_correct, has_aux=True))
-        (loss, _), grads = f(hmodels.from_weights(model_name, weights), x, y)
+        (loss, _), grads = jax.jit(htrain.loss_and_grads)(hmodels.from_weights(model_name, weights), x, y)
         return float(loss), hmodels.to_weights(grads)
     if impl == "flax":
-        apply_fn = flax_models.get_model(model_name).apply
-        f = jax.jit(jax.value_and_grad(lambda p, x, y: flax_train._loss_and_logits(p, apply_fn, x, y), has_aux=True))
-        (loss, _), grads = f(flax_models.weights_to_params(weights), x, y)
-        return float(loss), flax_models.params_to_weights(grads)
+        apply_fn = flax_models.build_model(model_name).apply
+        f = jax.jit(jax.value_and_grad(lambda p, x, y: flax_train.loss_and_correct(p, apply_fn, x, y), has_aux=True))
+        (loss, _), grads = f(flax_models.from_weights(model_name, weights), x, y)
+        return float(loss), flax_models.to_weights(grads)
     if impl == "nnx":
-        f = nnx.jit(nnx.value_and_grad(nnx_train._loss_and_logits, has_aux=True))
-        (loss, _), grads = f(nnx_models.from_weights(model_name, weights), x, y)
+        (loss, _), grads = nnx.jit(nnx_train.loss_and_grads)(nnx_models.from_weights(model_name, weights), x, y)
         return float(loss), nnx_models.to_weights(grads)
     K = keras_modules()
     if model_name not in _KERAS_MODELS:
         _KERAS_MODELS[model_name] = K.models.build_model(model_name)
     model = _KERAS_MODELS[model_name]
-    K.models.set_weights(model, weights)
+    K.models.assign_weights(model, weights)
     return K.train.loss_and_grads(model, x, y)
 
 

@@ -43,10 +43,12 @@ import optax  # noqa: E402
 
 import float64_reference as ref  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
+from fmnist.fastpath import steps as fastpath  # noqa: E402
+from fmnist.fastpath.xla import COMPILER_OPTIONS, fast_path  # noqa: E402
 from fmnist.loop import train_loader  # noqa: E402
 from fmnist.weights import init_weights  # noqa: E402
-from fmnist.fastpath.xla import fast_path  # noqa: E402
 from flax_impl import models as flax_models  # noqa: E402
+from flax_impl.fast_layers import fast_layers  # noqa: E402
 from flax_impl import optimizers as flax_opt  # noqa: E402
 from flax_impl import train as flax_train  # noqa: E402
 from keras_baseline import jax_backend, jax_parity  # noqa: E402  (imports neither keras nor jax)
@@ -79,6 +81,11 @@ def config_for(model: str) -> TrainConfig:
 def whole_run_config() -> TrainConfig:
     return TrainConfig(model="mlp", epochs=1, batch_size=32, train_limit=WHOLE_RUN["train_limit"],
                        val_size=WHOLE_RUN["val_size"])
+
+
+def flax_model(name):
+    """The Flax model as `fmnist train` trains it (config.fast, the default): the fast path's layers."""
+    return flax_models.build_model(name, **fast_layers(name))
 
 
 def first_batches(config, splits, n):
@@ -115,12 +122,6 @@ class Others:
 
     def __init__(self, splits, batch, whole_splits):
         self.splits, self.batch, self.whole_splits = splits, batch, whole_splits
-        self.keras_models = {}
-
-    def keras_model(self, name):
-        if name not in self.keras_models:
-            self.keras_models[name] = keras_modules().models.build_model(name)
-        return self.keras_models[name]
 
     @functools.cache  # noqa: B019 - one Others per session
     def dense(self, impl):
@@ -196,11 +197,9 @@ class Others:
         if impl == "float64":
             return ref.forward(w, x)[0]
         if impl == "flax":
-            return np.asarray(jax.jit(flax_models.get_model(model).apply)({"params": flax_models.weights_to_params(w)}, x))
+            return np.asarray(jax.jit(flax_model(model).apply)({"params": flax_models.from_weights(model, w)}, x))
         K = keras_modules()
-        m = self.keras_model(model)
-        K.models.set_weights(m, w)
-        return K.train.logits(m, x)
+        return K.train.logits(K.models.from_weights(model, w), x)
 
     @functools.cache  # noqa: B019
     def loss_and_grads(self, impl, model):
@@ -209,14 +208,12 @@ class Others:
         if impl == "float64":
             return ref.loss_and_grads(w, x, y)
         if impl == "flax":  # test_gradients.py's: the loss the Flax training step differentiates
-            apply_fn = flax_models.get_model(model).apply
-            f = jax.jit(jax.value_and_grad(lambda p, x, y: flax_train._loss_and_logits(p, apply_fn, x, y), has_aux=True))
-            (loss, _), grads = f(flax_models.weights_to_params(w), x, y)
-            return float(loss), flax_models.params_to_weights(grads)
+            apply_fn = flax_model(model).apply
+            f = jax.jit(jax.value_and_grad(lambda p, x, y: flax_train.loss_and_correct(p, apply_fn, x, y), has_aux=True))
+            (loss, _), grads = f(flax_models.from_weights(model, w), x, y)
+            return float(loss), flax_models.to_weights(grads)
         K = keras_modules()
-        m = self.keras_model(model)
-        K.models.set_weights(m, w)
-        return K.train.loss_and_grads(m, x, y)
+        return K.train.loss_and_grads(K.models.from_weights(model, w), x, y)
 
     @functools.cache  # noqa: B019
     def trajectory(self, impl, model):
@@ -230,23 +227,25 @@ class Others:
                                   config.adam_eps, "keras", snapshots=SNAPSHOTS[model])
         saved, losses = {}, []
         if impl == "flax":
-            # One jitted `train_step` per batch: bitwise the steps of the fast path `fmnist train` runs
-            # (`make_run_steps`; measured 0 difference in losses and parameters at every snapshot, jax
-            # 0.12 and 0.10), with one compilation instead of one per group size (7.9 -> ~1 s, MLP).
-            state = flax_train.create_train_state(flax_models.get_model(model), flax_models.weights_to_params(weights),
+            # One jitted `train_step` per batch, made as the fast path `fmnist train` runs makes it
+            # (`flax_impl.train.make_run_steps`: its layers, the gradient in `grad_parts` slices,
+            # COMPILER_OPTIONS; measured bitwise equal to it, 0 in losses and parameters, jax 0.12), with
+            # one compilation instead of one per group size (7.9 -> ~1 s, MLP).
+            state = flax_train.create_train_state(flax_model(model), flax_models.from_weights(model, weights),
                                                   flax_opt.make_optimizer(config))
-            parts = fast_path(model)["grad_parts"]
+            grads_fn = fastpath.in_slices(flax_train.loss_and_grads, fast_path(model)["grad_parts"])
+            step = jax.jit(functools.partial(flax_train.train_step, grads_fn=grads_fn), compiler_options=COMPILER_OPTIONS)
             for start, stop in groups(model):
                 for idx in batches[start:stop]:
-                    state, loss, _ = flax_train.train_step(state, x[idx], y[idx], grad_parts=parts)
+                    state, loss, _ = step(state, x[idx], y[idx])
                     losses.append(np.asarray(loss)[None])
-                saved[stop] = flax_models.params_to_weights(state.params)
+                saved[stop] = flax_models.to_weights(state.params)
         else:
             K = keras_modules()
             m = K.train.compiled_model(config, weights)
             for start, stop in groups(model):
                 losses.append(K.train.train_steps(m, [(x[idx], y[idx]) for idx in batches[start:stop]]))
-                saved[stop] = K.models.get_weights(m)
+                saved[stop] = K.models.to_weights(m)
         return np.concatenate(losses), saved
 
     @functools.cache  # noqa: B019

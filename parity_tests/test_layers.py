@@ -240,12 +240,12 @@ def model_logits(impl, name, weights, x):
     if impl == "handrolled":
         return np.asarray(jax.jit(lambda m, x: m(x))(hmodels.from_weights(name, weights), x))
     if impl == "flax":
-        return np.asarray(jax.jit(flax_models.get_model(name).apply)({"params": flax_models.weights_to_params(weights)}, x))
+        return np.asarray(jax.jit(flax_models.build_model(name).apply)({"params": flax_models.from_weights(name, weights)}, x))
     if impl == "nnx":
         return np.asarray(jax.jit(lambda m, x: m(x))(nnx_models.from_weights(name, weights), x))
     K = keras_modules()
     model = keras_model(name)
-    K.models.set_weights(model, weights)
+    K.models.assign_weights(model, weights)
     return K.train.logits(model, x)
 
 

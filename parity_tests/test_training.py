@@ -3,9 +3,10 @@
 Steps. From the canonical initial weights (`init_weights(model, "he_normal", 0)`, zero biases) and
 the first 100 batches of the shared order (`fmnist.loop.train_loader(config, splits)`, batch 32,
 real Fashion-MNIST), with Adam in the Keras convention everywhere:
-  hand-rolled: `handrolled.train.make_run_steps` (the fast path `train_and_evaluate` uses)
-  Flax:        `flax_impl.train.make_run_steps` on a `TrainState`
-  NNX:         `nnx_impl.train.make_run_steps` on `nnx.split((model, optimizer))`
+  hand-rolled: `handrolled.train.make_run_steps` (the fast path `train_and_evaluate` uses: the
+               fast layers, `fmnist.fastpath.steps`)
+  Flax:        `flax_impl.train.make_run_steps` on a `TrainState` (the same fast path)
+  NNX:         `nnx_impl.train.make_run_steps` on `nnx.split((model, optimizer))` (the same)
   Keras:       `keras_baseline.train.train_steps` (one `train_on_batch` per batch; weights bitwise
                those of `fit` on the same batches)
   float64:     NumPy backprop and the float64 Adam formula (float64_reference.train_adam)
@@ -55,8 +56,8 @@ import float64_reference as ref
 from fmnist.config import TrainConfig
 from fmnist.loop import train_loader
 from fmnist.weights import init_weights
-from fmnist.fastpath.xla import fast_path
 from flax_impl import models as flax_models
+from flax_impl.fast_layers import fast_layers as flax_fast_layers
 from flax_impl import optimizers as flax_opt
 from flax_impl import train as flax_train
 from handrolled import models as hmodels
@@ -64,6 +65,7 @@ from handrolled import train as htrain
 from handrolled.optimizers import AdamState
 from nnx_impl import models as nnx_models
 from nnx_impl import train as nnx_train
+from nnx_impl.fast_layers import fast_layers as nnx_fast_layers
 from parity import COMPARISONS, PAIRS, check, keras_modules, max_abs_diff, record
 
 TRAIN_LIMIT, VAL_SIZE = 4000, 1000
@@ -94,7 +96,7 @@ def keras_model_in_state(model_name, config, weights, m=None, v=None, t=0):
     if model_name not in _KERAS_MODELS:
         _KERAS_MODELS[model_name] = K.train.compiled_model(config, weights)
     model = _KERAS_MODELS[model_name]
-    K.models.set_weights(model, weights)
+    K.models.assign_weights(model, weights)
     opt = model.optimizer
     opt.build(model.trainable_variables)
     opt.iterations.assign(t)
@@ -121,46 +123,47 @@ def run_steps_in(impl, model_name, splits, weights, batches, groups, adam_state=
     losses, saved, states = [], {}, {}
     if impl == "handrolled":
         opt = htrain.make_optimizer(config)
-        model = hmodels.from_weights(model_name, weights)
+        model = hmodels.from_weights(model_name, weights, fast=True)  # as trained
         opt_state = opt.init(model) if m is None else AdamState(
             t=jnp.int32(t), m=hmodels.from_weights(model_name, m), v=hmodels.from_weights(model_name, v))
         state = (model, opt_state)
-        run = htrain.make_run_steps(opt, x, y, **fast_path(model_name))  # as trained
+        run = htrain.make_run_steps(config, opt, x, y)  # as trained: config.fast
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
             saved[stop] = hmodels.to_weights(state[0])  # copies: the next call donates these buffers
             states[stop] = (hmodels.to_weights(state[1].m), hmodels.to_weights(state[1].v), int(state[1].t))
     elif impl == "flax":
-        state = flax_train.create_train_state(flax_models.get_model(model_name),
-                                              flax_models.weights_to_params(weights), flax_opt.make_optimizer(config))
+        state = flax_train.create_train_state(flax_models.build_model(model_name, **flax_fast_layers(model_name)),
+                                              flax_models.from_weights(model_name, weights),
+                                              flax_opt.make_optimizer(config))
         if m is not None:
             state = state.replace(opt_state=flax_opt.KerasAdamState(
-                count=jnp.int32(t), mu=flax_models.weights_to_params(m), nu=flax_models.weights_to_params(v)))
-        run = flax_train.make_run_steps(x, y, **fast_path(model_name))  # as trained
+                count=jnp.int32(t), mu=flax_models.from_weights(model_name, m), nu=flax_models.from_weights(model_name, v)))
+        run = flax_train.make_run_steps(config, x, y)  # as trained: config.fast
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
-            saved[stop] = flax_models.params_to_weights(state.params)
+            saved[stop] = flax_models.to_weights(state.params)
     elif impl == "nnx":
-        model = nnx_models.from_weights(model_name, weights)
+        model = nnx_models.from_weights(model_name, weights, **nnx_fast_layers(model_name))
         optimizer = nnx_train.create_optimizer(model, flax_opt.make_optimizer(config))
         if m is not None:  # what optimizer.update itself does with the new optax state
             nnx.update(optimizer.opt_state, nnx.state(flax_opt.KerasAdamState(
-                count=jnp.int32(t), mu=flax_models.weights_to_params(m), nu=flax_models.weights_to_params(v))))
+                count=jnp.int32(t), mu=flax_models.from_weights(model_name, m), nu=flax_models.from_weights(model_name, v))))
             optimizer.step[...] = t
-        state = nnx.split((model, optimizer))
-        run = nnx_train.make_run_steps(x, y, **fast_path(model_name))  # as trained
+        graphdef, state = nnx.split((model, optimizer))
+        run = nnx_train.make_run_steps(config, graphdef, x, y)  # as trained: config.fast
         for start, stop in groups:
             state, group_losses, _ = run(state, batches[start:stop])
             losses.append(np.asarray(group_losses))
-            saved[stop] = nnx_models.to_weights(nnx.merge(*state)[0])
+            saved[stop] = nnx_models.to_weights(nnx.merge(graphdef, state)[0])
     elif impl == "keras":
         K = keras_modules()
         model = keras_model_in_state(model_name, config, weights, m, v, t)
         for start, stop in groups:
             losses.append(K.train.train_steps(model, [(x[idx], y[idx]) for idx in batches[start:stop]]))
-            saved[stop] = K.models.get_weights(model)
+            saved[stop] = K.models.to_weights(model)
     else:  # float64: backprop in NumPy and the float64 Adam formula, one step at a time
         w = ref._w(weights)
         zeros = lambda: {l: {k: np.zeros_like(a) for k, a in p.items()} for l, p in w.items()}  # noqa: E731

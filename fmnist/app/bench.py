@@ -28,7 +28,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
-from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
+from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -41,29 +41,31 @@ def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Ca
     returns the seconds they took, waiting until the device has finished."""
     import jax
 
-    if impl == "handrolled":
+    weights = init_weights(config.model, config.init, config.seed)
+    if impl == "handrolled":  # each as its train_and_evaluate sets up (the fast path by default)
         from handrolled import train as t
         from handrolled.models import from_weights
-        model = from_weights(config.model, init_weights(config.model, config.init, config.seed))
+        model = from_weights(config.model, weights, fast=config.fast)
         optimizer = t.make_optimizer(config)
         state = [(model, optimizer.init(model))]
-        run_steps = t.make_run_steps(optimizer, splits.x_train, splits.y_train, **fast_path(config.model))
+        run_steps = t.make_run_steps(config, optimizer, splits.x_train, splits.y_train)
     elif impl == "flax":
         from flax_impl import train as t
-        from flax_impl.models import get_model, weights_to_params
-        from flax_impl.optimizers import make_optimizer
-        params = weights_to_params(init_weights(config.model, config.init, config.seed))
-        state = [t.create_train_state(get_model(config.model), params, make_optimizer(config))]
-        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
+        from flax_impl.fast_layers import fast_layers
+        from flax_impl.models import build_model, from_weights
+        model = build_model(config.model, **(fast_layers(config.model) if config.fast else {}))
+        state = [t.create_train_state(model, from_weights(config.model, weights), t.make_optimizer(config))]
+        run_steps = t.make_run_steps(config, splits.x_train, splits.y_train)
     elif impl == "nnx":
         from flax import nnx
 
-        from flax_impl.optimizers import make_optimizer
         from nnx_impl import train as t
+        from nnx_impl.fast_layers import fast_layers
         from nnx_impl.models import from_weights
-        model = from_weights(config.model, init_weights(config.model, config.init, config.seed))
-        state = [nnx.split((model, t.create_optimizer(model, make_optimizer(config))))]
-        run_steps = t.make_run_steps(splits.x_train, splits.y_train, **fast_path(config.model))
+        model = from_weights(config.model, weights, **(fast_layers(config.model) if config.fast else {}))
+        graphdef, nnx_state = nnx.split((model, t.create_optimizer(model, t.make_optimizer(config))))
+        state = [nnx_state]
+        run_steps = t.make_run_steps(config, graphdef, splits.x_train, splits.y_train)
     else:
         raise ValueError(f"no benchmark timer for implementation {impl!r}")
     batches = [b for b in train_loader(config, splits).batch_indices(0) if len(b) == config.batch_size]

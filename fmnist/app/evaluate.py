@@ -53,11 +53,11 @@ from fmnist.config import IMPLEMENTATIONS
 from fmnist.data import CLASS_NAMES, FILES, find_data_dir, preprocess, read_idx
 from fmnist.jsonio import atomic_write_text, dumps
 from fmnist.weights import KERNEL_SHAPES, Weights, check_weights, load_weights, model_of, to_numpy
+from fmnist.app.predict import BATCH_SIZE, check_impl, predict_logits  # noqa: F401  (part of this module's API)
 
 NUM_CLASSES = len(CLASS_NAMES)
 JAX_IMPLS = ("handrolled", "flax", "nnx")   # in-process and cheap: compared by default
 DEFAULT_IMPL = "handrolled"                 # when history.json does not say who trained the run
-BATCH_SIZE = 1000                           # every implementation sees the same batches (see `predict_logits`)
 OUTPUT_FILES = {"evaluation": "evaluation.json", "confusion_matrix": "confusion_matrix.png",
                 "predictions": "predictions.png"}
 
@@ -117,106 +117,6 @@ def load_test_set(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(d / FILES["test_images"].name, FILES["test_images"])
     labels = read_idx(d / FILES["test_labels"].name, FILES["test_labels"])
     return preprocess(images), labels.astype(np.int32)
-
-
-# --------------------------------------------------------------------------- logits, per implementation
-
-def check_impl(impl: str, flag: str = "--impl") -> None:
-    """ValueError unless `impl` is a known implementation whose packages are installed (`flag`: the
-    option the message names)."""
-    from fmnist.app.runner import NEEDS, installed_impls
-
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-    if impl not in installed_impls():
-        raise ValueError(f"{flag} {impl}: {impl} is not installed here (it needs {', '.join(NEEDS[impl])}); install "
-                         "the project with `pip install -c constraints.txt -e '.[keras,test]'` (what `make` does)")
-
-
-def _batches(x: np.ndarray, batch_size: int):
-    """`x` in batches of exactly `batch_size` (the last zero-padded), with each batch's true length.
-
-    One shape, so each JAX forward compiles once; and every implementation sees the same batches,
-    because XLA's CPU kernels may round a row differently in a batch of another size.
-    """
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
-        n = len(xb)
-        if n < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-        yield xb, n
-
-
-def _jax_logits(forward, params, x: np.ndarray, batch_size: int) -> np.ndarray:
-    import jax
-
-    from fmnist.fastpath.xla import COMPILER_OPTIONS  # the options the implementations' own evaluate steps use
-
-    jitted = jax.jit(forward, compiler_options=COMPILER_OPTIONS)
-    return np.concatenate([np.asarray(jitted(params, xb), np.float32)[:n] for xb, n in _batches(x, batch_size)])
-
-
-def _handrolled_logits(model_name, weights, x, batch_size):
-    from handrolled.models import from_weights
-
-    # The hand-rolled Sequential is a pytree: its arrays are the jitted function's arguments.
-    return _jax_logits(lambda model, xb: model(xb), from_weights(model_name, weights), x, batch_size)
-
-
-def _flax_logits(model_name, weights, x, batch_size):
-    from flax_impl.models import get_model, weights_to_params
-
-    apply = get_model(model_name).apply
-    return _jax_logits(lambda params, xb: apply({"params": params}, xb), weights_to_params(weights), x, batch_size)
-
-
-def _nnx_logits(model_name, weights, x, batch_size):
-    from flax import nnx
-
-    from nnx_impl.models import from_weights
-
-    # split/merge as nnx_impl.train's jitted steps do: the state is the argument, the graph is static.
-    graphdef, state = nnx.split(from_weights(model_name, weights))
-    return _jax_logits(lambda state, xb: nnx.merge(graphdef, state)(xb), state, x, batch_size)
-
-
-def _keras_logits(model_name, weights, x, batch_size):
-    from keras_baseline.models import build_model, set_weights
-    from keras_baseline.train import logits
-
-    model = build_model(model_name)
-    set_weights(model, weights)
-    return np.concatenate([logits(model, xb, batch_size)[:n] for xb, n in _batches(x, batch_size)])
-
-
-def _keras_jax_logits(model_name, weights, x, batch_size):
-    from keras_baseline import jax_parity
-
-    # Keras fixes its backend at import, so keras-jax computes in a child process: the parity
-    # worker's "logits" item is `keras_baseline.train.logits` on the JAX backend.
-    padded = np.concatenate([xb for xb, _ in _batches(x, batch_size)])
-    results = jax_parity.run_parity([{"name": "logits", "kind": "logits", "model": model_name,
-                                      "weights": "w", "x": "x"}], {"x": padded}, {"w": weights})
-    return np.asarray(results["logits"]["logits"], np.float32)[:len(x)]
-
-
-_LOGITS = {"handrolled": _handrolled_logits, "flax": _flax_logits, "nnx": _nnx_logits,
-           "keras": _keras_logits, "keras-jax": _keras_jax_logits}
-
-
-def predict_logits(impl: str, model_name: str, weights: Weights, x: np.ndarray,
-                   batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Logits, float32 (N, 10), of `model_name` holding canonical `weights` on images `x`, computed by `impl`.
-
-    Each implementation's modules are imported here, so TensorFlow is imported only for "keras".
-    """
-    check_impl(impl)
-    check_weights(model_name, weights)
-    try:
-        out = _LOGITS[impl](model_name, weights, np.asarray(x, np.float32), batch_size)
-    except ImportError as e:
-        raise ValueError(f"--impl {impl} needs {e.name or 'a package'} ({e})") from None
-    return np.asarray(out, np.float32).reshape(len(x), NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- metrics

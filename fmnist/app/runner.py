@@ -1,9 +1,10 @@
 """Runs any implementation through one entry point, importing only what that implementation needs.
 
-Each implementation's `train.py` exposes the same function:
+Each implementation's training module exposes the same two functions:
 
+    check(config: TrainConfig) -> None     (ValueError if it cannot run `config`)
     train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
-                       callbacks=()) -> RunResult
+                       callbacks=(), checkpoint_dir=None) -> RunResult
 
 so the command line, `fmnist compare` and the tests never special-case one of them. TensorFlow is
 imported only when `impl == "keras"` (it costs seconds at start-up and is absent on some machines).
@@ -23,15 +24,20 @@ TRAIN_MODULES = {"handrolled": "handrolled.train", "flax": "flax_impl.train", "n
                  "keras": "keras_baseline.train", "keras-jax": "keras_baseline.jax_backend"}
 
 
-def get_trainer(impl: str):
-    """The `train_and_evaluate` function of implementation `impl`."""
+def train_module(impl: str):
+    """The training module of implementation `impl` (`check`, `train_and_evaluate`, ...)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     try:
-        return importlib.import_module(TRAIN_MODULES[impl]).train_and_evaluate
+        return importlib.import_module(TRAIN_MODULES[impl])
     except ImportError as e:
         raise ValueError(f"--impl {impl} needs {e.name or 'a package'} ({e}); install the project with "
                          "`pip install -c constraints.txt -e '.[keras,test]'` (what `make` does)") from None
+
+
+def get_trainer(impl: str):
+    """The `train_and_evaluate` function of implementation `impl`."""
+    return train_module(impl).train_and_evaluate
 
 
 # The packages each implementation imports (what `installed_impls` looks for).
@@ -46,11 +52,8 @@ def installed_impls() -> list[str]:
 
 def preflight(impls, config: TrainConfig) -> None:
     """Raise ValueError now if any of `impls` cannot run `config` (missing package, unsupported option)."""
-    for impl in impls:
-        get_trainer(impl)
-        if impl in ("keras", "keras-jax"):  # Keras's Adam has only the epsilon-hat convention
-            from keras_baseline import rules
-            rules.check(config)
+    for impl in impls:  # each implementation says what it cannot run (Keras: only the epsilon-hat Adam)
+        train_module(impl).check(config)
 
 
 def splits_for(config: TrainConfig) -> Splits:

@@ -9,7 +9,8 @@ from flax_refs import numpy_logits, random_images
 from flax.core import freeze
 
 from fmnist.weights import KERNEL_SHAPES, init_weights
-from flax_impl.models import get_model, max_pool_2x2, params_to_weights, weights_to_params
+from fmnist.fastpath.layers import max_pool_2x2
+from flax_impl.models import build_model, from_weights, to_weights
 
 MODELS = ("mlp", "cnn")
 
@@ -17,25 +18,25 @@ MODELS = ("mlp", "cnn")
 @pytest.mark.parametrize("name", MODELS)
 def test_init_builds_exactly_the_canonical_layers(name):
     """`model.init` (shapes only, no compute) creates the layers and kernel shapes of fmnist.weights."""
-    shapes = jax.eval_shape(get_model(name).init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    shapes = jax.eval_shape(build_model(name).init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     got = {layer: (p["kernel"].shape, p["bias"].shape) for layer, p in shapes["params"].items()}
     assert got == {layer: (shape, shape[-1:]) for layer, shape in KERNEL_SHAPES[name].items()}
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_gives_float32_logits_per_example(name, rng):
-    params = weights_to_params(init_weights(name))
+    params = from_weights(name, init_weights(name))
     for n in (1, 5):
-        logits = get_model(name).apply({"params": params}, random_images(rng, n))
+        logits = build_model(name).apply({"params": params}, random_images(rng, n))
         assert logits.shape == (n, 10) and logits.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_weights_round_trip_is_bit_exact(name):
     weights = init_weights(name, "glorot_uniform", seed=3)
-    params = weights_to_params(weights)
+    params = from_weights(name, weights)
     assert all(isinstance(p[k], jax.Array) for p in params.values() for k in p)
-    back = params_to_weights(params)
+    back = to_weights(params)
     assert list(back) == list(weights)  # canonical layer order
     for layer in weights:
         assert list(back[layer]) == ["kernel", "bias"]
@@ -44,22 +45,22 @@ def test_weights_round_trip_is_bit_exact(name):
             np.testing.assert_array_equal(back[layer][k], weights[layer][k])
 
 
-def test_params_to_weights_accepts_any_key_order_and_frozendict():
+def test_to_weights_accepts_any_key_order_and_frozendict():
     weights = init_weights("cnn")
-    shuffled = dict(reversed(list(weights_to_params(weights).items())))
+    shuffled = dict(reversed(list(from_weights("cnn", weights).items())))
     for params in (shuffled, freeze(shuffled)):
-        assert list(params_to_weights(params)) == ["conv_0", "conv_1", "dense_0", "dense_1"]
+        assert list(to_weights(params)) == ["conv_0", "conv_1", "dense_0", "dense_1"]
 
 
 def test_bad_names_and_shapes_are_rejected():
     with pytest.raises(ValueError, match="unknown model"):
-        get_model("resnet")
+        build_model("resnet")
     with pytest.raises(ValueError, match="match no model"):
-        params_to_weights({"Dense_0": {}, "Dense_1": {}})
+        to_weights({"Dense_0": {}, "Dense_1": {}})
     weights = init_weights("mlp")
     weights["dense_0"]["kernel"] = weights["dense_0"]["kernel"][:100]
     with pytest.raises(ValueError, match="dense_0"):
-        weights_to_params(weights)
+        from_weights("mlp", weights)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -70,7 +71,7 @@ def test_logits_match_numpy_float64_reference(name, init, rng):
         p["bias"] = rng.normal(0, 0.1, p["bias"].shape).astype(np.float32)
     x = random_images(rng, 64)
     want = numpy_logits(weights, x)
-    got = np.asarray(jax.jit(get_model(name).apply)({"params": weights_to_params(weights)}, x))
+    got = np.asarray(jax.jit(build_model(name).apply)({"params": from_weights(name, weights)}, x))
     # float32 dot products over fan_in up to 3136 terms: measured worst |error| / max|logit| was
     # 6.5e-7 (MLP) and 7.5e-7 (CNN) over 3 seeds x 2 initialisers x random and real images.
     # 1e-5 relative is 13x that; a wrong layout, padding, pool or flatten order is off by O(1).
@@ -98,7 +99,7 @@ def test_fast_pool_equals_nn_max_pool_values_and_gradients(rng):
 def test_shift_conv_equals_nn_conv_values_and_gradients(rng):
     """`ShiftConv` (conv_0 of the CNN) is nn.Conv(F, (3, 3), padding="SAME") computed as shifted
     slices: the same parameters, values and gradients, float32 rounding apart."""
-    from flax_impl.models import ShiftConv
+    from flax_impl.fast_layers import ShiftConv
 
     for cin in (1, 3):
         x = jnp.asarray(rng.random((4, 28, 28, cin)), jnp.float32)

@@ -12,16 +12,22 @@ from fmnist.callbacks import Callback, History
 from fmnist.config import TrainConfig
 from fmnist.history import EPOCH_KEYS, RunResult
 from fmnist.weights import check_weights, init_weights
-from flax_impl.models import get_model, weights_to_params
-from flax_impl.optimizers import make_optimizer
-from flax_impl.train import (create_train_state, eval_step, evaluate, make_run_steps,
+from fmnist.fastpath import steps as fastpath
+from fmnist.fastpath.xla import COMPILER_OPTIONS
+from flax_impl.models import build_model, from_weights
+from flax_impl.train import (create_train_state, evaluate, loss_and_correct, loss_and_grads, make_optimizer,
                              train_and_evaluate, train_step)
 
 
 def fresh_state(model, config=None):
     config = config or TrainConfig(model=model)
-    return create_train_state(get_model(model), weights_to_params(init_weights(model)),
+    return create_train_state(build_model(model), from_weights(model, init_weights(model)),
                               make_optimizer(config))
+
+
+def eval_step(state, x, y):
+    """(mean loss, correct) of one batch, no update."""
+    return jax.jit(loss_and_correct, static_argnums=1)(state.params, state.apply_fn, x, y)
 
 
 def leaves_max_diff(a, b):
@@ -38,7 +44,7 @@ def test_train_step_reports_the_loss_before_its_update(data):
     x, y = jnp.asarray(data[0][:32]), jnp.asarray(data[1][:32])
     state = fresh_state("mlp")
     before_loss, before_correct = eval_step(state, x, y)
-    new_state, loss, correct = train_step(state, x, y)
+    new_state, loss, correct = jax.jit(train_step)(state, x, y)
     # the same forward pass compiled into two programs (with and without the backward pass):
     # measured equal here; 1e-6 allows XLA to fuse the two differently (float32 rounding of a mean).
     assert abs(float(loss) - float(before_loss)) < 1e-6
@@ -53,12 +59,13 @@ def test_run_steps_equals_single_train_steps(data, model, scan):
     """K steps in one call (scan or loop, data gathered on device) = K calls of `train_step`."""
     x, y = data
     batches = np.random.default_rng(1).integers(0, len(x), (3, 8)).astype(np.int32)
-    run_steps = make_run_steps(x, y, scan=scan)
+    run_steps = fastpath.make_run_steps(train_step, x, y, scan=scan)
+    one_step = jax.jit(train_step, compiler_options=COMPILER_OPTIONS)  # compiled as run_steps compiles
     state, losses, corrects = run_steps(fresh_state(model), batches)
     state, losses2, corrects2 = run_steps(state, batches)  # chaining a donated state works
     want_state, want_losses, want_corrects = fresh_state(model), [], []
     for idx in np.concatenate([batches, batches]):
-        want_state, loss, correct = train_step(want_state, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
+        want_state, loss, correct = one_step(want_state, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         want_losses.append(float(loss))
         want_corrects.append(int(correct))
     got_losses = np.concatenate([losses, losses2])
@@ -139,13 +146,11 @@ def test_short_run_on_real_data_learns_and_returns_a_run_result(small_splits, mo
 
 
 def test_gradient_in_parts_is_the_whole_batch_gradient(small_splits):
-    from flax_impl.train import _loss_and_grads
     state = fresh_state("cnn")
     x, y = jnp.asarray(small_splits.x_train[:128]), jnp.asarray(small_splits.y_train[:128])
-    f = jax.jit(_loss_and_grads, static_argnums=3)
-    (loss1, correct1), g1 = f(state, x, y, 1)
+    (loss1, correct1), g1 = jax.jit(loss_and_grads)(state, x, y)
     for parts in (2, 3):  # 3 parts of 42, 43, 43 examples: weighted by size, not averaged
-        (loss, correct), g = f(state, x, y, parts)
+        (loss, correct), g = jax.jit(fastpath.in_slices(loss_and_grads, parts))(state, x, y)
         assert int(correct) == int(correct1)
         # The same sums in another order: measured for the hand-rolled twin of this function, loss 1 ulp
         # (2.4e-7 of 2.67), gradients 4.1e-7 of max|g|; a plain mean of unequal parts is 3e-3 off.

@@ -9,7 +9,7 @@ from fmnist.app import cli
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fmnist.app", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
 

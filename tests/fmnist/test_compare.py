@@ -49,7 +49,7 @@ def test_all_agree_over_two_short_epochs(report):
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_train_command_writes_the_run(impl, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "train", "--impl", impl, "--epochs", "1", "--train-limit", "1000",
+        [sys.executable, "-m", "fmnist.app", "train", "--impl", impl, "--epochs", "1", "--train-limit", "1000",
          "--val-size", "500", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     history = json.loads((tmp_path / "history.json").read_text())

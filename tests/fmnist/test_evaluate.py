@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from fmnist.app import cli, runner
+from fmnist.app import cli, evaluate, runner
 from fmnist.config import TrainConfig
 from fmnist.data import CLASS_NAMES
 from fmnist.app.rundir import save_run

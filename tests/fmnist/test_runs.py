@@ -234,7 +234,7 @@ def fmnist(*args, timeout=300, **kw):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fmnist.app", *args], capture_output=True, text=True,
                           timeout=timeout, **kw)
 
 
@@ -254,7 +254,7 @@ def test_sigkill_mid_run_leaves_a_resumable_run_equal_to_an_uninterrupted_one(tm
     assert whole.returncode == 0, whole.stderr
     killed_dir = tmp_path / "killed"
     # steps-per-call 1: many small calls, so the kill lands mid-epoch rather than between runs
-    proc = subprocess.Popen([sys.executable, "-m", "fmnist", "train", *CLI_RUN, "--epochs", "4",
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist.app", "train", *CLI_RUN, "--epochs", "4",
                              "--steps-per-call", "1", "--out", str(killed_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -286,7 +286,7 @@ def test_ctrl_c_saves_what_is_finished_and_says_how_to_resume(tmp_path):
     import time
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fmnist", "train", *CLI_RUN, "--epochs", "50",
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist.app", "train", *CLI_RUN, "--epochs", "50",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -91,16 +91,16 @@ def test_the_mlp_programs_do_not_change():
     x, y = jnp.zeros((64, 28, 28, 1)), jnp.zeros(64, jnp.int32)
     batches = jnp.zeros((4, 32), jnp.int32)
 
-    def step(model, opt_state, x, y):
-        return ht.train_step(model, opt_state, x, y, optimizer)
+    def step(state, x, y):
+        return ht.train_step(state, x, y, optimizer)
 
     def scan_steps(state, x, y, batches):
         def body(state, idx):
-            model, opt_state, loss, correct = step(*state, x[idx], y[idx])
-            return (model, opt_state), (loss, correct)
+            state, loss, correct = step(state, x[idx], y[idx])
+            return state, (loss, correct)
         return jax.lax.scan(body, state, batches)
 
-    for fn, args in ((step, (model, optimizer.init(model), x, y)),
+    for fn, args in ((step, ((model, optimizer.init(model)), x, y)),
                      (scan_steps, ((model, optimizer.init(model)), x, y, batches))):
         texts = [compiled_text(fn, options, *args) for options in (DEFAULT_YNN, COMPILER_OPTIONS)]
         assert ynn_fusion_ops(texts[0]) == {"dot", "reduce"}

@@ -66,6 +66,8 @@ CONV_CASES = [
     (6, 6, (2, 2), (2, 2), "VALID"),
     (28, 28, (3, 3), (1, 1), "SAME"),
 ]
+# The cases the fast path's shift convolution computes (3x3, stride 1, SAME).
+SHIFT_CASES = [c for c in CONV_CASES if c[2:] == ((3, 3), (1, 1), "SAME")]
 
 
 def _conv_inputs(rng, h, w, kernel, cin=3, cout=4, n=2):
@@ -106,8 +108,8 @@ def test_bad_padding_and_sizes_raise():
 
 # ----------------------------------------------------------------------------- convolution
 
-@pytest.mark.parametrize("impl", ["lax", "im2col", "shift", "auto"])
-@pytest.mark.parametrize("h,w,kernel,stride,padding", CONV_CASES)
+@pytest.mark.parametrize("impl, h,w,kernel,stride,padding",
+                         [(i, *c) for i in ("lax", "im2col") for c in CONV_CASES] + [("shift", *c) for c in SHIFT_CASES])
 def test_conv_matches_numpy_loop(rng, impl, h, w, kernel, stride, padding):
     x, k = _conv_inputs(rng, h, w, kernel)
     got = np.asarray(conv2d(jnp.asarray(x), jnp.asarray(k), stride, padding, impl))
@@ -146,14 +148,14 @@ def test_im2col_equals_lax_conv(rng, h, w, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("cin", [1, 3])
-@pytest.mark.parametrize("h,w,kernel,stride,padding", CONV_CASES)
+@pytest.mark.parametrize("h,w,kernel,stride,padding", SHIFT_CASES)
 def test_shift_conv_equals_lax_conv_values_and_gradients(rng, cin, h, w, kernel, stride, padding):
     # The shifted-slices form with its custom VJP (kernel gradient as patches^T dy, input gradient
     # by differentiating the slices): the same sums as lax, float32 rounding apart.
     x, k = _conv_inputs(rng, h, w, kernel, cin=cin, cout=4)
     x, k = jnp.asarray(x), jnp.asarray(k)
     lax_y = conv2d_lax(x, k, stride, padding)
-    np.testing.assert_allclose(np.asarray(conv.conv2d_shift(x, k, stride, padding)), np.asarray(lax_y),
+    np.testing.assert_allclose(np.asarray(conv.conv2d(x, k, stride, padding, "shift")), np.asarray(lax_y),
                                rtol=1e-5, atol=1e-5)
     ct = jnp.asarray(rng.standard_normal(lax_y.shape).astype(np.float32))
     grads = {impl: jax.jit(jax.grad(lambda x, k, impl=impl: jnp.vdot(ct, conv.conv2d(x, k, stride, padding, impl)),
@@ -162,12 +164,14 @@ def test_shift_conv_equals_lax_conv_values_and_gradients(rng, cin, h, w, kernel,
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_conv_impl_is_shift_for_one_input_channel_only():
-    assert conv.conv_impl_for(1) == "shift"
-    assert conv.conv_impl_for(32) == "lax"
-    assert conv.conv_impl_for(1, "lax") == "lax"
-    with pytest.raises(ValueError, match="impl"):
-        conv.conv_impl_for(1, "fft")
+def test_shift_conv_refuses_what_it_does_not_compute():
+    x = jnp.zeros((1, 6, 6, 1))
+    with pytest.raises(ValueError, match="stride 1 and SAME"):
+        conv.conv2d(x, jnp.zeros((3, 3, 1, 2)), 2, "SAME", "shift")
+    with pytest.raises(ValueError, match="stride 1 and SAME"):
+        conv.conv2d(x, jnp.zeros((3, 3, 1, 2)), 1, "VALID", "shift")
+    with pytest.raises(ValueError, match="kernel"):
+        conv.conv2d(x, jnp.zeros((2, 2, 1, 2)), 1, "SAME", "shift")
 
 
 def test_im2col_patch_layout(rng):
@@ -181,8 +185,9 @@ def test_im2col_patch_layout(rng):
             np.testing.assert_array_equal(patches[0, p, q], xn[0, p:p + 3, q:q + 3, :].reshape(-1))
 
 
-@pytest.mark.parametrize("impl", ["lax", "im2col", "shift"])
-@pytest.mark.parametrize("h,w,kernel,stride,padding", [CONV_CASES[i] for i in (0, 2, 3, 5, 7)])
+@pytest.mark.parametrize("impl, h,w,kernel,stride,padding",
+                         [(i, *CONV_CASES[c]) for i in ("lax", "im2col") for c in (0, 2, 3, 5, 7)]
+                         + [("shift", *SHIFT_CASES[0])])
 def test_conv_gradients_match_finite_differences(x64, fd_check, rng, impl, h, w, kernel, stride, padding):
     x, k = _conv_inputs(rng, h, w, kernel, cin=2, cout=3)
     x, k = x.astype(np.float64), k.astype(np.float64)
@@ -244,25 +249,24 @@ def test_max_pool_gradient_at_ties_is_documented_behaviour():
     assert sorted(g_window.ravel()) == [0, 0, 0, 1]
 
 
-@pytest.mark.parametrize("h,w,window,stride", [c for c in POOL_CASES if c[2] == c[3]])
+@pytest.mark.parametrize("h,w,window,stride", [c for c in POOL_CASES if c[2] == c[3] == (2, 2) and c[0] % 2 == 0])
 def test_first_max_pool_equals_reduce_window_values_and_gradients_even_at_ties(rng, h, w, window, stride):
     # Rounded inputs: many windows hold tied maxima. The first-max pool sends all of a window's
     # gradient to its first maximum (row-major), which is exactly what reduce_window's
     # select-and-scatter (and TF's MaxPool) does: values and gradients bit-identical.
     x = jnp.asarray(np.round(rng.standard_normal((2, h, w, 3)) * 1.5).astype(np.float32))
     ref_y = conv.max_pool2d_reduce_window(x, window, stride)
-    np.testing.assert_array_equal(np.asarray(conv.max_pool2d_first_max(x, window)), np.asarray(ref_y))
+    np.testing.assert_array_equal(np.asarray(conv.max_pool2d(x, window, stride, "first_max")), np.asarray(ref_y))
     ct = jnp.asarray(rng.standard_normal(ref_y.shape).astype(np.float32))
     g = {impl: np.asarray(jax.grad(lambda x, impl=impl: jnp.vdot(ct, conv.max_pool2d(x, window, stride, impl)))(x))
-         for impl in ("first_max", "auto", "reduce_window")}
+         for impl in ("first_max", "reduce_window")}
     np.testing.assert_array_equal(g["first_max"], g["reduce_window"])
-    np.testing.assert_array_equal(g["auto"], g["first_max"])
     assert np.count_nonzero(g["first_max"]) == ct.size  # one entry per window, ties or not
 
 
 def test_first_max_pool_gradient_goes_to_the_first_of_tied_maxima():
     x = jnp.asarray([[[[1.0], [2.0]], [[2.0], [2.0]]]])  # (1, 2, 2, 1): max 2 at positions 1, 2, 3
-    g = np.asarray(jax.grad(lambda x: conv.max_pool2d_first_max(x, 2).sum())(x))
+    g = np.asarray(jax.grad(lambda x: conv.max_pool2d(x, 2, impl="first_max").sum())(x))
     np.testing.assert_array_equal(g.ravel(), [0, 1, 0, 0])
 
 

@@ -25,13 +25,13 @@ if not all(importlib.util.find_spec(m) for m in ("keras", "jax")):
 from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.history import EPOCH_KEYS  # noqa: E402
 from fmnist.weights import KERNEL_SHAPES, init_weights, load_weights  # noqa: E402
-from keras_baseline import jax_backend  # noqa: E402
-from keras_baseline.jax_backend import KerasJaxError  # noqa: E402
+from keras_baseline import child_launcher, jax_backend  # noqa: E402
+from keras_baseline.child_launcher import KerasJaxError  # noqa: E402
 
 # --------------------------------------------------------------------------- one real run
 
 REAL_RUN = """
-import io, json, sys
+import importlib, io, json, sys
 import numpy as np
 from fmnist.app import runner
 from fmnist.callbacks import Callback, History, ProgressBar
@@ -57,6 +57,7 @@ def part(n):  # images like fmnist.data.preprocess makes them, and labels
 splits = Splits(*part(100), *part(50), *part(50))
 CONFIG = TrainConfig(epochs=3, batch_size=32, val_size=50)
 runner.preflight(["keras-jax"], CONFIG)
+importlib.import_module(runner.TRAIN_MODULES["keras-jax"]).check(CONFIG)
 stream, recorder = io.StringIO(), Recorder()
 result = runner.get_trainer("keras-jax")(CONFIG, splits, init_weights("mlp"),
     callbacks=[ProgressBar(stream, interactive=False), History(), recorder, StopAfterSecondEpoch()])
@@ -133,10 +134,23 @@ def test_weights_digest_sees_one_ulp():
 def test_refusals_come_before_a_child_is_started():
     start = time.perf_counter()
     with pytest.raises(ValueError, match="epsilon-hat"):
+        jax_backend.check(TrainConfig(adam_convention="paper"))
+    jax_backend.check(TrainConfig(adam_convention="keras"))
+    with pytest.raises(ValueError, match="epsilon-hat"):
         jax_backend.train_and_evaluate(TrainConfig(adam_convention="paper"), None, init_weights("mlp"))
     with pytest.raises(ValueError, match="must have layers"):
         jax_backend.train_and_evaluate(TrainConfig(model="cnn"), None, init_weights("mlp"))
     assert time.perf_counter() - start < 1.0  # no child start (seconds) was paid
+
+
+def test_the_parent_side_modules_import_no_framework():
+    """Importing every module of the keras-jax parent side (and the child's runtime, before it picks
+    its backend) imports neither Keras, TensorFlow nor JAX."""
+    code = ("import sys\nfrom keras_baseline import child_launcher, child_runtime, jax_backend, jax_parity\n"
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_runner_knows_keras_jax():
@@ -158,7 +172,7 @@ EVENTS = "import json, os, sys\nevents = os.fdopen(int(sys.argv[-1]), 'w')\n"
 def test_a_failing_child_raises_with_its_last_stderr_lines():
     code = "import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\nsys.exit(3)"
     with pytest.raises(KerasJaxError, match="exited with status 3") as info:
-        jax_backend.run_child(None, command=fake(code))
+        child_launcher.run_child(None, command=fake(code))
     message = str(info.value)
     assert "line 29" in message and "line 10" in message and "line 9\n" not in message  # the last 20
 
@@ -176,13 +190,13 @@ except ValueError as e:
 """
     with pytest.raises(KerasJaxError, match=r"exited with status 1: ValueError: boom in the child.*"
                                             r"last lines of its stderr:\n.*Traceback"):
-        jax_backend.run_child(None, command=fake(code))
+        child_launcher.run_child(None, command=fake(code))
 
 
 def test_a_killed_child_is_reported_as_such():
     code = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
     with pytest.raises(KerasJaxError, match=r"killed by signal SIGKILL \(it wrote nothing to stderr\)"):
-        jax_backend.run_child(None, command=fake(code))
+        child_launcher.run_child(None, command=fake(code))
 
 
 def test_a_child_past_its_time_limit_is_stopped(tmp_path):
@@ -190,7 +204,7 @@ def test_a_child_past_its_time_limit_is_stopped(tmp_path):
     code = "import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)"
     start = time.perf_counter()
     with pytest.raises(KerasJaxError, match="ran past its 1 s limit"):
-        jax_backend.run_child(None, command=fake(code, str(pid_file)), timeout=1)
+        child_launcher.run_child(None, command=fake(code, str(pid_file)), timeout=1)
     assert time.perf_counter() - start < 10
     assert_gone(int(pid_file.read_text()))
 
@@ -213,7 +227,7 @@ import time; time.sleep(0.05)
 out.write(bar[6:]); out.flush()
 """
     stream, seen = io.StringIO(), []
-    jax_backend.run_child(None, command=fake(code), out=stream, on_event=lambda e: seen.append(stream.getvalue()))
+    child_launcher.run_child(None, command=fake(code), out=stream, on_event=lambda e: seen.append(stream.getvalue()))
     assert stream.getvalue() == "Epoch 1/1\n\r\b\b 4/4 ━━ done\n"
     assert len(seen) == 1 and seen[0].startswith("Epoch 1/1\n")  # (later text may have arrived too)
 
@@ -225,16 +239,16 @@ events.write(json.dumps({"event": "epoch_end", "epoch": 0, "logs": {}}) + "\\n")
 answer = json.loads(sys.stdin.readline())
 sys.exit(0 if answer == {"stop": True} else 5)
 """
-    jax_backend.run_child(None, command=fake(code), on_event=lambda e: {"stop": True})
+    child_launcher.run_child(None, command=fake(code), on_event=lambda e: {"stop": True})
 
 
 def test_ctrl_c_in_the_parent_stops_the_child(tmp_path):
     pid_file = tmp_path / "pid"
     parent = f"""
 import sys
-from keras_baseline import jax_backend
+from keras_baseline import child_launcher
 code = "import os, sys, time\\nopen(sys.argv[1], 'w').write(str(os.getpid()))\\ntime.sleep(60)"
-jax_backend.run_child(None, command=[sys.executable, "-c", code, {str(pid_file)!r}])
+child_launcher.run_child(None, command=[sys.executable, "-c", code, {str(pid_file)!r}])
 """
     proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -259,9 +273,9 @@ def test_a_child_whose_parent_is_gone_exits(tmp_path, tiny_splits):
     jax_backend.write_train_request(request, TrainConfig(epochs=1), tiny_splits, init_weights("mlp"))
     read_events, write_events = os.pipe()
     try:
-        proc = subprocess.Popen([*jax_backend.child_command(["--train", str(request)]), "--events-fd", str(write_events)],
+        proc = subprocess.Popen([*child_launcher.child_command(["--train", str(request)]), "--events-fd", str(write_events)],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                pass_fds=(write_events,), env=jax_backend.child_env())
+                                pass_fds=(write_events,), env=child_launcher.child_env())
         proc.stdin.close()
         proc.wait(timeout=60)
         err = proc.stderr.read().decode()

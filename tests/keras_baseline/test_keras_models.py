@@ -78,9 +78,9 @@ def test_architecture_matches_canonical_shapes(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_weights_round_trip_bit_exact(name):
     weights = init_weights(name, "he_normal", seed=3)
-    model = models.build_model(name)
-    models.set_weights(model, weights)
-    back = models.get_weights(model)
+    model = models.from_weights(name, weights)
+    assert model.name == name and not model.compiled
+    back = models.to_weights(model)
     assert list(back) == list(weights)
     for layer in weights:
         for p in ("kernel", "bias"):
@@ -88,9 +88,22 @@ def test_weights_round_trip_bit_exact(name):
             np.testing.assert_array_equal(back[layer][p], weights[layer][p])
 
 
-def test_set_weights_rejects_the_wrong_model():
+def test_from_weights_rejects_the_wrong_model():
     with pytest.raises(ValueError, match="must have layers"):
-        models.set_weights(models.build_model("mlp"), init_weights("cnn"))
+        models.from_weights("mlp", init_weights("cnn"))
+    with pytest.raises(ValueError, match="must have layers"):
+        models.assign_weights(models.build_model("mlp"), init_weights("cnn"))
+
+
+def test_assign_weights_overwrites_a_compiled_model_in_place():
+    """The parity tests' reuse of one compiled model: new weights in, the same model object."""
+    model = train.compiled_model(TrainConfig(model="mlp"), init_weights("mlp", seed=0))
+    other = init_weights("mlp", seed=1)
+    models.assign_weights(model, other)
+    assert model.compiled
+    for layer, params in models.to_weights(model).items():
+        for p in ("kernel", "bias"):
+            np.testing.assert_array_equal(params[p], other[layer][p])
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -98,8 +111,7 @@ def test_set_weights_rejects_the_wrong_model():
 def test_logits_match_float64_reference(name, seed, batch):
     x, _ = batch
     weights = init_weights(name, "he_normal", seed)
-    model = models.build_model(name)
-    models.set_weights(model, weights)
+    model = models.from_weights(name, weights)
     # float32 sums of up to 3136 products (max |logit| about 4.5): measured max error 1.0e-6 (MLP)
     # and 2.0e-6 (CNN) over seeds 0-2; 1e-5 leaves 5x headroom and still catches any real mistake
     # (a wrong padding, pooling or flatten order changes logits by O(0.1)).
@@ -109,8 +121,7 @@ def test_logits_match_float64_reference(name, seed, batch):
 def test_mlp_loss_and_grads_match_float64_backprop(batch):
     x, y = batch[0][:32], batch[1][:32]
     weights = init_weights("mlp", "he_normal", seed=0)
-    model = models.build_model("mlp")
-    models.set_weights(model, weights)
+    model = models.from_weights("mlp", weights)
     loss, grads = train.loss_and_grads(model, x, y)
     # measured: loss 1.9e-7, gradients 8.7e-8 (max |g| 0.36), seeds 0-2: float32 rounding.
     assert loss == pytest.approx(reference_loss(reference_logits(weights, x), y), abs=5e-6)
@@ -123,12 +134,11 @@ def test_tape_grads_are_what_fit_steps_with(name, batch):
     """One SGD step with lr=1 moves each weight by exactly its gradient (up to the rounding of p - g)."""
     x, y = batch[0][:32], batch[1][:32]
     weights = init_weights(name, "he_normal", seed=1)
-    model = models.build_model(name)
-    models.set_weights(model, weights)
+    model = models.from_weights(name, weights)
     loss, grads = train.loss_and_grads(model, x, y)
     stepped = train.compiled_model(TrainConfig(model=name, optimizer="sgd", lr=1.0), weights)
     (step_loss,) = train.train_steps(stepped, [(x, y)])
-    after = models.get_weights(stepped)
+    after = models.to_weights(stepped)
     moved = {l: {p: weights[l][p].astype(np.float64) - after[l][p] for p in weights[l]} for l in weights}
     # The tape (eager) and fit's step (tf.function) compute the same gradient with possibly different
     # kernels, and p - g rounds to ulp(|p|) (|p| < 2, ulp 2.4e-7). Measured worst: 3e-8 (MLP),

@@ -16,7 +16,7 @@ from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.history import EPOCH_KEYS, RunResult  # noqa: E402
 from fmnist.loop import train_loader  # noqa: E402
 from fmnist.weights import check_weights, init_weights, max_abs_diff  # noqa: E402
-from keras_baseline import train  # noqa: E402
+from keras_baseline import models, train  # noqa: E402
 
 EPOCHS = 3
 
@@ -45,7 +45,7 @@ def test_fit_feeds_the_shared_batch_order(fit_and_manual):
     partial last batch is too.
     """
     config, weights, result, manual, loader, _ = fit_and_manual
-    assert max_abs_diff(result.weights, train.get_weights(manual)) == 0.0
+    assert max_abs_diff(result.weights, models.to_weights(manual)) == 0.0
 
 
 def test_a_wrong_order_would_be_caught(fit_and_manual, tiny_splits):
@@ -54,7 +54,7 @@ def test_a_wrong_order_would_be_caught(fit_and_manual, tiny_splits):
     replay = train.compiled_model(config, weights)
     for _ in range(EPOCHS):
         train.train_steps(replay, batches_of(loader, 0))
-    assert max_abs_diff(result.weights, train.get_weights(replay)) > 1e-4
+    assert max_abs_diff(result.weights, models.to_weights(replay)) > 1e-4
 
 
 def test_history_loss_is_the_batch_weighted_mean_of_pre_update_losses(fit_and_manual):
@@ -88,8 +88,23 @@ def test_run_result_schema(fit_and_manual):
     assert saved["impl"] == "keras" and "keras" in saved["versions"]
 
 
+def test_evaluate_gives_the_test_metrics_of_the_run(fit_and_manual, tiny_splits):
+    """`evaluate` is what `train_and_evaluate` reports, on a compiled model and on a `from_weights` one."""
+    config, _, result, manual, _, _ = fit_and_manual
+    x, y = tiny_splits.x_test, tiny_splits.y_test
+    assert train.evaluate(manual, x, y, config.eval_batch_size) == (result.test_loss, result.test_accuracy)
+    fresh = models.from_weights(config.model, result.weights)
+    assert train.evaluate(fresh, x, y, config.eval_batch_size) == (result.test_loss, result.test_accuracy)
+    loss, accuracy = train.evaluate(fresh, x, y, batch_size=7)  # batches of 7: the last one partial
+    assert type(loss) is float and loss == pytest.approx(result.test_loss, rel=1e-6)
+    assert accuracy == result.test_accuracy
+
+
 def test_paper_convention_is_refused():
     config = TrainConfig(adam_convention="paper")
+    with pytest.raises(ValueError, match="epsilon-hat"):
+        train.check(config)
+    train.check(TrainConfig(adam_convention="keras"))
     with pytest.raises(ValueError, match=r"only the epsilon-hat \('keras'\) convention.*--adam-convention keras"):
         train.make_optimizer(config)
     with pytest.raises(ValueError, match="epsilon-hat"):

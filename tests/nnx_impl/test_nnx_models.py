@@ -8,7 +8,9 @@ from flax import nnx
 
 from fmnist.weights import KERNEL_SHAPES, init_weights
 from flax_impl import models as linen_models
-from nnx_impl.models import ShiftConv, build_model, from_weights, to_weights
+from flax_impl.fast_layers import fast_layers as linen_fast_layers
+from nnx_impl.fast_layers import ShiftConv, fast_layers
+from nnx_impl.models import build_model, from_weights, to_weights
 
 MODELS = ("mlp", "cnn")
 
@@ -82,16 +84,19 @@ def test_bad_names_and_shapes_are_rejected():
         from_weights("cnn", init_weights("mlp"))
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("name", MODELS)
-def test_logits_equal_the_linen_modules_bit_for_bit(name, rng):
+def test_logits_equal_the_linen_modules_bit_for_bit(name, fast, rng):
     """The same weights in the NNX and the linen module give the same logits to the bit: the same
     operations (nnx.Linear/nnx.Conv build what nn.Dense/nn.Conv build; conv_0 and the pools are the
-    very same functions). The linen modules are checked against float64 NumPy in tests/flax_impl."""
+    very same functions), on the readable and on the fast layers. The linen modules are checked
+    against float64 NumPy in tests/flax_impl."""
     weights = weights_with_biases(name, rng)
     x = random_images(rng, 64)
-    got = np.asarray(jax.jit(lambda m, x: m(x))(from_weights(name, weights), x))
-    want = np.asarray(jax.jit(linen_models.get_model(name).apply)(
-        {"params": linen_models.weights_to_params(weights)}, x))
+    layers = {"nnx": fast_layers(name), "linen": linen_fast_layers(name)} if fast else {"nnx": {}, "linen": {}}
+    got = np.asarray(jax.jit(lambda m, x: m(x))(from_weights(name, weights, **layers["nnx"]), x))
+    want = np.asarray(jax.jit(linen_models.build_model(name, **layers["linen"]).apply)(
+        {"params": linen_models.from_weights(name, weights)}, x))
     np.testing.assert_array_equal(got, want)
 
 

@@ -13,10 +13,14 @@ from fmnist.history import EPOCH_KEYS, RunResult
 from fmnist.weights import check_weights, init_weights
 from flax_impl import models as linen_models
 from flax_impl import train as linen_train
-from flax_impl.optimizers import make_optimizer
+from fmnist.fastpath import steps as fastpath
+from fmnist.weights import model_of
 from nnx_impl.models import from_weights, to_weights
-from nnx_impl.train import (_loss_and_grads, create_optimizer, eval_step, evaluate, make_run_steps,
-                            train_and_evaluate, train_step)
+from nnx_impl.train import (create_optimizer, evaluate, loss_and_correct, loss_and_grads, make_optimizer,
+                            make_run_steps, train_and_evaluate, train_step)
+
+eval_step = nnx.jit(loss_and_correct)  # (mean loss, correct) of one batch, no update
+train_step = nnx.jit(train_step)
 
 
 def random_images(rng, n):
@@ -57,53 +61,54 @@ def test_train_step_reports_the_loss_before_its_update(data):
     assert float(after_loss) < float(loss)  # one Adam step on this very batch lowers its loss
 
 
-def run_twice(model_name, data, scan, grad_parts=1):
-    """Two calls of 3 steps each through `make_run_steps`, chaining the donated state."""
+def run_twice(model_name, data, fast):
+    """Two calls of 3 steps each through `make_run_steps`, chaining the (donated) state."""
     x, y = data
     batches = np.random.default_rng(1).integers(0, len(x), (3, 8)).astype(np.int32)
-    run_steps = make_run_steps(x, y, scan=scan, grad_parts=grad_parts)
-    state, losses, corrects = run_steps(nnx.split(fresh(model_name)), batches)
+    graphdef, state = nnx.split(fresh(model_name))
+    run_steps = make_run_steps(TrainConfig(model=model_name, fast=fast), graphdef, x, y)
+    state, losses, corrects = run_steps(state, batches)
     assert losses.shape == corrects.shape == (3,)
     state, losses2, corrects2 = run_steps(state, batches)  # chaining a donated state works
-    model, optimizer = nnx.merge(*state)
+    model, optimizer = nnx.merge(graphdef, state)
     assert int(optimizer.step[...]) == 6
     return np.concatenate([losses, losses2]), np.concatenate([corrects, corrects2]), to_weights(model), batches
 
 
-def test_run_steps_scan_and_loop_are_bit_identical(data):
-    """MLP: K steps as one `lax.scan` = K jitted single steps, to the bit (the same float32 ops in
-    the same order), and both = K calls of the readable `train_step`."""
-    scan_losses, scan_corrects, scan_weights, batches = run_twice("mlp", data, scan=True)
-    loop_losses, loop_corrects, loop_weights, _ = run_twice("mlp", data, scan=False)
-    np.testing.assert_array_equal(scan_losses, loop_losses)
-    np.testing.assert_array_equal(scan_corrects, loop_corrects)
-    assert max_diff(scan_weights, loop_weights) == 0.0
+def test_mlp_fast_run_steps_equal_single_train_steps_bit_for_bit(data):
+    """MLP: the fast path's steps (one `lax.scan`, compiler options) = the readable path's
+    (`nnx.jit(train_step)` per batch) = K calls of `train_step`, to the bit: the same float32 ops
+    in the same order (the MLP's programs are the same with and without the options)."""
+    fast_losses, fast_corrects, fast_weights, batches = run_twice("mlp", data, fast=True)
+    plain_losses, plain_corrects, plain_weights, _ = run_twice("mlp", data, fast=False)
+    np.testing.assert_array_equal(fast_losses, plain_losses)
+    np.testing.assert_array_equal(fast_corrects, plain_corrects)
+    assert max_diff(fast_weights, plain_weights) == 0.0
     x, y = data
     model, optimizer = fresh("mlp")
     step_losses = [train_step(model, optimizer, jnp.asarray(x[idx]), jnp.asarray(y[idx]))[0]
                    for idx in np.concatenate([batches, batches])]
-    # `train_step` is `nnx.jit`, compiled without fmnist.fastpath.xla.COMPILER_OPTIONS; the MLP's programs
-    # are the same either way (fmnist/fastpath/xla.py): measured bit-identical.
-    np.testing.assert_array_equal(scan_losses, np.asarray(step_losses, np.float32))
-    assert max_diff(scan_weights, to_weights(model)) == 0.0
+    np.testing.assert_array_equal(fast_losses, np.asarray(step_losses, np.float32))
+    assert max_diff(fast_weights, to_weights(model)) == 0.0
 
 
-def test_cnn_run_steps_equals_single_train_steps(data, grad_parts=2):
-    """CNN, the loop and the 2-slice gradient as trained, against the readable `train_step` (nnx.jit)."""
-    losses, corrects, weights, batches = run_twice("cnn", data, scan=False, grad_parts=grad_parts)
+def test_cnn_fast_run_steps_equal_single_train_steps(data):
+    """CNN: the fast path's steps (the loop, the 2-slice gradient, compiler options) against the
+    readable `train_step` (nnx.jit), both on the plain layers."""
+    losses, corrects, weights, batches = run_twice("cnn", data, fast=True)
     x, y = data
     model, optimizer = fresh("cnn")
     want_losses, want_corrects = [], []
     for idx in np.concatenate([batches, batches]):
-        loss, correct = train_step(model, optimizer, jnp.asarray(x[idx]), jnp.asarray(y[idx]), grad_parts=grad_parts)
+        loss, correct = train_step(model, optimizer, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         want_losses.append(float(loss))
         want_corrects.append(int(correct))
     assert list(corrects) == want_corrects
     # `nnx.jit` takes no compiler options, so `train_step` runs the convolutions in YNNPACK and the
-    # fast path in XLA's own kernels (fmnist.fastpath.xla.COMPILER_OPTIONS), which sum in another order.
-    # Measured after 6 steps: losses (~2.3) 4.8e-7-7.2e-7 apart (2-3 ulp), parameters 2.1e-7-7.4e-7
-    # (jax 0.10.2 and 0.12.0.1, 1 and 2 slices); compiled with the same options, the two are
-    # bit-identical. 1e-5 is float32 rounding with room; a wrong batch or a skipped update is O(0.1).
+    # fast path in XLA's own kernels (fmnist.fastpath.xla.COMPILER_OPTIONS), which sum in another
+    # order, and the fast path adds the two slices' gradients. Measured after 6 steps: losses
+    # (~2.3) 4.8e-7-7.2e-7 apart (2-3 ulp), parameters 2.1e-7-7.4e-7 (jax 0.10.2 and 0.12.0.1).
+    # 1e-5 is float32 rounding with room; a wrong batch or a skipped update is O(0.1).
     np.testing.assert_allclose(losses, want_losses, rtol=0, atol=1e-5)
     assert max_diff(weights, to_weights(model)) < 1e-5
 
@@ -129,18 +134,18 @@ def test_evaluate_equals_linen_evaluate_bit_for_bit(data, model_name):
     x, y = data[0][:150], data[1][:150]
     weights = init_weights(model_name, "he_normal", 2)
     got = evaluate(from_weights(model_name, weights), x, y, batch_size=64)  # 64, 64 and a padded 22
-    assert got == linen_train.evaluate(linen_models.weights_to_params(weights), x, y, batch_size=64)
+    assert got == linen_train.evaluate(linen_models.from_weights(model_of(weights), weights), x, y, batch_size=64)
 
 
 def test_gradient_in_parts_is_the_whole_batch_gradient(small_splits):
-    """Slices weighted by their sizes give the whole-batch loss and gradient (the slicing code is
-    the model's business only through `_loss_and_logits`, so the quick MLP shows it)."""
+    """Slices weighted by their sizes give the whole-batch loss and gradient of an NNX model (whose
+    gradient is an `nnx.State`, not a params dict), so the quick MLP shows it."""
     model, _ = fresh("mlp")
     x, y = jnp.asarray(small_splits.x_train[:64]), jnp.asarray(small_splits.y_train[:64])
-    f = nnx.jit(_loss_and_grads, static_argnums=3)
-    (loss1, correct1), g1 = f(model, x, y, 1)
+    (loss1, correct1), g1 = nnx.jit(loss_and_grads)(model, x, y)
     g1 = to_weights(g1)
-    (loss, correct), g = f(model, x, y, 3)  # 3 parts of 21, 21, 22 examples: weighted by size, not averaged
+    # 3 parts of 21, 21, 22 examples: weighted by size, not averaged
+    (loss, correct), g = nnx.jit(fastpath.in_slices(loss_and_grads, 3))(model, x, y)
     g = to_weights(g)
     assert int(correct) == int(correct1)
     # The same sums in another order. Measured: loss equal (2.467), gradients 2.9e-7 of max|g|
