@@ -1,5 +1,6 @@
 """Fixtures for every test folder (tests/ and parity_tests/)."""
 
+import numpy as np
 import pytest
 
 from fmnist.data import DataError, load_splits
@@ -16,3 +17,9 @@ def real_splits():
         except DataError as e:
             pytest.skip(f"Fashion-MNIST not available: {e}")
     return load
+
+
+@pytest.fixture
+def rng():
+    """A fresh `np.random.default_rng(0)` per test: random inputs that are the same on every run."""
+    return np.random.default_rng(0)

@@ -5,9 +5,11 @@ JAX backend and TensorFlow blocked (`sys.modules["tensorflow"] = None` before `i
 `keras.utils.set_random_seed` imports TensorFlow whenever it is installed, to seed `tf.data` (3-5 s
 and 0.6 GB per child here, for a run that uses no tf.data), and blocking it shows the run needs none.
 
-`run_as_child(work, directory, events)` runs `work`, leaving Ctrl-C to the parent, and reports its
-failure to the parent (`keras_baseline.child_launcher` is the parent's side). Used by the training
-child (`keras_baseline.jax_backend`) and the parity worker (`keras_baseline.jax_parity`).
+`run_as_child(work, directory, events)` runs `work` with Ctrl-C left to the parent, queues the
+parent's answers from stdin and, when stdin closes (the parent is gone), removes `directory` and
+exits at once; a failure of `work` is printed with its traceback and sent as an "error" event.
+`keras_baseline.child_launcher` is the parent's side. Used by the training child
+(`keras_baseline.jax_backend`) and the parity worker (`keras_baseline.jax_parity`).
 """
 
 from __future__ import annotations

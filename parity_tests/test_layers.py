@@ -195,12 +195,15 @@ def test_max_pool(window, stride, hw, a, b):
                                                                       pool_out(window, stride, hw, b)), 0.0)
 
 
-def test_flax_impl_fast_pool_is_nn_max_pool_2x2():
-    """The CNN's `max_pool_2x2` (a reshape + max) equals `nn.max_pool(x, (2,2), strides=(2,2))` and
-    the float64 reference exactly."""
+def test_fast_pool_is_nn_max_pool_2x2():
+    """The fast path's `max_pool_2x2` (the first-max pool) and the linen CNN's readable `max_pool`
+    equal `nn.max_pool(x, (2,2), strides=(2,2))` and the float64 reference exactly."""
+    from fmnist.fastpath.layers import max_pool_2x2
+
     rng = np.random.default_rng(6)
     x = rng.standard_normal((4, 28, 28, 8)).astype(np.float32)
-    fast = np.asarray(flax_models.max_pool_2x2(jnp.asarray(x)))
+    np.testing.assert_array_equal(np.asarray(flax_models.max_pool(jnp.asarray(x))), ref.max_pool(x, (2, 2)))
+    fast = np.asarray(max_pool_2x2(jnp.asarray(x)))
     np.testing.assert_array_equal(fast, np.asarray(nn.max_pool(jnp.asarray(x), (2, 2), strides=(2, 2))))
     np.testing.assert_array_equal(fast, ref.max_pool(x, (2, 2)))
 

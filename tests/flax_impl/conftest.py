@@ -1,12 +1,6 @@
 """Shared fixtures for the Flax tests."""
 
-import numpy as np
 import pytest
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 @pytest.fixture(scope="session")

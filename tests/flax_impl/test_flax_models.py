@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax_refs import numpy_logits, random_images
 from flax.core import freeze
 
 from fmnist.weights import KERNEL_SHAPES, init_weights
+from tests.shared import numpy_logits, random_images
 from fmnist.fastpath.layers import max_pool_2x2
 from flax_impl.models import build_model, from_weights, to_weights
 

@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax_refs import random_images
 
 from fmnist.callbacks import Callback, History
 from fmnist.config import TrainConfig
 from fmnist.history import EPOCH_KEYS, RunResult
 from fmnist.weights import check_weights, init_weights
+from tests.shared import random_images
 from fmnist.fastpath import steps as fastpath
 from fmnist.fastpath.xla import COMPILER_OPTIONS
 from flax_impl.models import build_model, from_weights

@@ -26,11 +26,6 @@ def x64():
         yield
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def _directional_fd_check(f, args, argnum, rng, n_dirs=3, h=1e-6, rtol=1e-6):
     """Compare <grad f, v> with the central difference (f(a + h v) - f(a - h v)) / 2h, float64.
 

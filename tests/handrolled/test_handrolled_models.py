@@ -6,44 +6,16 @@ import numpy as np
 import pytest
 
 from fmnist import weights as fw
+from tests.shared import numpy_logits, random_weights
 from handrolled import models
 from handrolled.layers import Conv2D, Flatten, Function, Linear, MaxPool2D
 
 
 # ----------------------------------------------------------------------------- float64 reference
 
-def np_conv_same_3x3(x, w, b):
-    """3x3 SAME conv, stride 1, as a sum of 9 shifted matmuls (a third formulation, in float64)."""
-    h, wd = x.shape[1:3]
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return sum(xp[:, i:i + h, j:j + wd, :] @ w[i, j] for i in range(3) for j in range(3)) + b
-
-
-def np_forward(name, weights, x):
-    """The model in float64 NumPy, written from the architecture description."""
-    w = {k: {kk: np.asarray(vv, np.float64) for kk, vv in v.items()} for k, v in weights.items()}
-    x = np.asarray(x, np.float64)
-    if name == "cnn":
-        for layer in ("conv_0", "conv_1"):
-            x = np.maximum(np_conv_same_3x3(x, w[layer]["kernel"], w[layer]["bias"]), 0)
-            n, h, wd, c = x.shape
-            x = x.reshape(n, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
-    x = x.reshape(len(x), -1)
-    x = np.maximum(x @ w["dense_0"]["kernel"] + w["dense_0"]["bias"], 0)
-    return x @ w["dense_1"]["kernel"] + w["dense_1"]["bias"]
-
-
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
-
-
-def random_weights(name, seed=0):
-    """Canonical weights with random kernels AND biases (init_weights has zero biases)."""
-    rng = np.random.default_rng(seed)
-    return {layer: {"kernel": (rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:-1]))).astype(np.float32),
-                    "bias": (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)}
-            for layer, shape in fw.KERNEL_SHAPES[name].items()}
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -86,7 +58,7 @@ def test_build_model_is_from_weights_of_init_weights(name):
 @pytest.mark.parametrize("name", fw.MODEL_NAMES)
 def test_forward_matches_float64_numpy(name, images):
     weights = random_weights(name)
-    want = np_forward(name, weights, images)
+    want = numpy_logits(weights, images)
     for conv_impl in ("lax", "im2col"):
         for pool_impl in ("reshape", "reduce_window"):
             got = models.from_weights(name, weights, conv_impl, pool_impl)(jnp.asarray(images))

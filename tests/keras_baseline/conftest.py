@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from fmnist.data import Splits
+from tests.shared import random_images
 
 
-def random_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Images like `fmnist.data.preprocess` makes: uint8 pixel values / 255, float32 NHWC."""
-    return rng.integers(0, 256, (n, 28, 28, 1)).astype(np.float32) / np.float32(255)
+
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,6 @@
 """Shared fixtures for the NNX tests."""
 
-import numpy as np
 import pytest
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 @pytest.fixture(scope="session")

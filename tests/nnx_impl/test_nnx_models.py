@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.shared import random_images
 from fmnist.weights import KERNEL_SHAPES, init_weights
 from flax_impl import models as linen_models
 from flax_impl.fast_layers import fast_layers as linen_fast_layers
@@ -15,9 +16,7 @@ from nnx_impl.models import build_model, from_weights, to_weights
 MODELS = ("mlp", "cnn")
 
 
-def random_images(rng, n):
-    """Images as `fmnist.data.preprocess` makes them: uint8 / 255 in float32, NHWC."""
-    return rng.integers(0, 256, (n, 28, 28, 1)).astype(np.float32) / np.float32(255)
+
 
 
 def weights_with_biases(name, rng, init="he_normal", seed=1):

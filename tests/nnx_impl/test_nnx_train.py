@@ -10,6 +10,7 @@ from flax import nnx
 from fmnist.callbacks import Callback, History
 from fmnist.config import TrainConfig
 from fmnist.history import EPOCH_KEYS, RunResult
+from tests.shared import random_images
 from fmnist.weights import check_weights, init_weights
 from flax_impl import models as linen_models
 from flax_impl import train as linen_train
@@ -23,9 +24,7 @@ eval_step = nnx.jit(loss_and_correct)  # (mean loss, correct) of one batch, no u
 train_step = nnx.jit(train_step)
 
 
-def random_images(rng, n):
-    """Images as `fmnist.data.preprocess` makes them: uint8 / 255 in float32, NHWC."""
-    return rng.integers(0, 256, (n, 28, 28, 1)).astype(np.float32) / np.float32(255)
+
 
 
 def fresh(model_name, config=None):

@@ -1,6 +1,27 @@
-"""NumPy float64 references for the Flax tests (a module, not conftest, so the name is unique)."""
+"""Helpers several test folders share: random inputs and weights, and a float64 NumPy forward pass.
+
+Imported as `from tests.shared import ...` (the repository root is on pytest's path through the
+root conftest.py). Fixtures every folder uses (`rng`, `real_splits`) are in the root conftest.py.
+"""
 
 import numpy as np
+
+from fmnist.weights import KERNEL_SHAPES
+
+
+def random_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Images like `fmnist.data.preprocess` makes: uint8 pixel values / 255, float32 NHWC (n, 28, 28, 1)."""
+    return rng.integers(0, 256, (n, 28, 28, 1)).astype(np.float32) / np.float32(255)
+
+
+def random_weights(name: str, seed: int = 0) -> dict:
+    """Canonical weights of `name` with He-scaled random kernels AND random biases (init_weights has
+    zero biases, which would hide a dropped or misplaced bias)."""
+    rng = np.random.default_rng(seed)
+    return {layer: {"kernel": (rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:-1]))).astype(np.float32),
+                    "bias": (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)}
+            for layer, shape in KERNEL_SHAPES[name].items()}
+
 
 
 def numpy_conv_same(x, kernel, bias):
@@ -29,8 +50,3 @@ def numpy_logits(weights, x):
     x = x.reshape(len(x), -1)
     x = relu(x @ w["dense_0"]["kernel"] + w["dense_0"]["bias"])
     return x @ w["dense_1"]["kernel"] + w["dense_1"]["bias"]
-
-
-def random_images(rng, n):
-    """Images as `fmnist.data.preprocess` makes them: uint8 / 255 in float32, NHWC."""
-    return rng.integers(0, 256, (n, 28, 28, 1)).astype(np.float32) / np.float32(255)
