@@ -4,15 +4,16 @@ Modules (each small and self-contained):
 
 * `handrolled.functional`: relu, softmax, log_softmax, logsumexp, rescale_image, flatten, one_hot
 * `handrolled.losses`: cross-entropy on probabilities and on logits, num_correct, accuracy
-* `handrolled.conv`: NHWC/HWIO convolution (lax, im2col, shift) and max pooling (first_max, reshape,
-  reduce_window); "auto" picks shift for one input channel and first_max for window == stride
+* `handrolled.conv`: NHWC/HWIO convolution (lax, im2col) and max pooling (reshape, reduce_window);
+  "shift" and "first_max" are the fast path's layers (`fmnist.fastpath.layers`)
 * `handrolled.layers`: pytree layers Linear, Conv2D, MaxPool2D, Flatten, Function, Sequential
 * `handrolled.models`: the mlp and cnn architectures, and canonical-weights conversion
 * `handrolled.optimizers`: SGD and Adam, pure (init/update, jittable) and stateful (step)
-* `handrolled.benchmark`: times the lax/im2col convolutions and reshape/reduce_window pools (the
-  shift and first_max figures are in `handrolled.conv`'s docstring)
+* `handrolled.train`: the project's training step, evaluation and `train_and_evaluate`
+* `handrolled.post`: the blog post's own API, `train`, `evaluate_loader`, `TrainHistory`
+* `handrolled.benchmark`: times the lax/im2col convolutions and reshape/reduce_window pools
 
-The training loop (`handrolled.train`) lives in its own module and is not imported here.
+The training modules are not imported here: `from handrolled.post import train`.
 """
 
 from handrolled.functional import flatten, log_softmax, logsumexp, one_hot, relu, rescale_image, softmax
@@ -43,8 +44,7 @@ __all__ = [
     "SGD", "Adam", "SGDState", "AdamState",
 ]
 
-# The post's data classes, defined once in the shared data module. The training loop is imported
-# from its module, `from handrolled.train import train`, so the name `handrolled.train` stays the module.
+# The post's data classes, defined once in the shared data module.
 from fmnist.data import Dataloader, Dataset  # noqa: E402
 
 __all__ += ["Dataset", "Dataloader"]

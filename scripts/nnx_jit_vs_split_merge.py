@@ -2,7 +2,7 @@
 
     python scripts/nnx_jit_vs_split_merge.py [--rounds 7]
 
-The same training steps (nnx_impl.train._train_step, Keras-convention Adam, the shared batch order)
+The same training steps (nnx_impl.train.train_step with the gradient in slices, Keras-convention Adam, the shared batch order)
 three ways, interleaved A B C A B C ... so a slow minute on a shared machine hits all of them:
   nnx.jit        the objects go in, `nnx.jit` splits and merges them in Python on every call
   cached_partial `nnx.cached_partial(that nnx.jit function, model, optimizer)`: the graph traversal
@@ -32,25 +32,27 @@ from fmnist.config import TrainConfig
 from fmnist.data import load_splits
 from fmnist.loop import train_loader
 from fmnist.weights import init_weights
+from fmnist.fastpath.steps import in_slices
 from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL, fast_path
+from nnx_impl.fast_layers import fast_layers
 from nnx_impl.models import from_weights
-from nnx_impl.train import _train_step, create_optimizer
+from nnx_impl.train import create_optimizer, loss_and_grads, train_step
 
 
 def timers(model_name, scan, splits, calls, options):
     config = TrainConfig(model=model_name, batch_size=32)
-    parts = fast_path(model_name)["grad_parts"]
+    grads_fn = in_slices(loss_and_grads, fast_path(model_name)["grad_parts"])
     x, y = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
     batches = np.stack(train_loader(config, splits).batch_indices(0)[:100]).astype(np.int32)
 
     def fresh():
-        model = from_weights(model_name, init_weights(model_name))
+        model = from_weights(model_name, init_weights(model_name), **fast_layers(model_name))
         return model, create_optimizer(model, make_optimizer(config))
 
     def body(graphdef):
         def f(state, idx):
             model, optimizer = nnx.merge(graphdef, state)
-            out = _train_step(model, optimizer, x[idx], y[idx], parts)
+            out = train_step(model, optimizer, x[idx], y[idx], grads_fn)
             return nnx.state((model, optimizer)), out
         return f
 
@@ -64,7 +66,7 @@ def timers(model_name, scan, splits, calls, options):
 
     @nnx.jit(donate_argnums=(0, 1))
     def nnx_step(model, optimizer, idx):
-        return _train_step(model, optimizer, x[idx], y[idx], parts)
+        return train_step(model, optimizer, x[idx], y[idx], grads_fn)
 
     # split/merge: state in, state out
     def sm_scan(graphdef, state, batches):
