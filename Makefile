@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, 3.12 or 3.13):
 #   make compare -> venv, pinned install, dataset, then the MLP trained every way, side by side
 #   make test    -> the same set-up, then the whole test suite
-# Also: make train (the hand-rolled MLP alone), make parity (the parity suite alone), make bench.
+# Also: make train (the hand-rolled MLP alone), make parity (the parity suite alone), make bench,
+# make docs-test (the tour's code blocks alone).
 # The newest supported Python found wins (scripts/find-python.sh: PATH, then pyenv's installs);
 # `make test PYTHON=/path/to/python3.11` picks another. Each Python gets its own venv, .venv-3.X,
 # installed from the pins for that Python in constraints.txt (environment markers).
@@ -11,7 +12,7 @@ VENV   := .venv-$(PYVER)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install data train compare bench test parity clean
+.PHONY: install data train compare bench test parity docs-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@case "$(PYVER)" in 3.11|3.12|3.13) ;; *) \
@@ -44,6 +45,10 @@ test: data
 
 parity: data
 	$(BIN)/python -m pytest -q parity_tests
+
+# The guided tour's code blocks (docs/tour/*.md), alone; `make test` runs them too.
+docs-test: data
+	$(BIN)/python -m pytest -q docs
 
 clean:
 	rm -rf .venv-3.* runs .pytest_cache
