@@ -6,8 +6,10 @@ and 0.65 s the next), so absolute times mean little. What this measures instead:
     minute hits all of them; the figure is each one's median;
   * a fraction of an epoch (`--steps` training steps, after a warm-up call that compiles), scaled
     to the full epoch of the default run (55,000 training images);
-  * for the MLP, the *bound*: the epoch's matrix products (forward and backward) and the Adam
-    update alone, compiled as one `lax.scan` at the same shapes, measured in the same run.
+  * a *bound* per model, in the same run (`fmnist.app.bounds`): for the CNN, the epoch's FLOPs
+    (counted from the layer shapes) at the rate this machine reaches on a large matrix product,
+    measured in each round; for the MLP, the epoch's matrix products and Adam update alone,
+    compiled as one `lax.scan` (its FLOP bound is reported too, as `flop_bound`).
 Ratios between figures of one run are the result; `--json` prints them as one object.
 
 Only training steps are timed (validation passes are the same batched evaluation everywhere).
@@ -21,14 +23,12 @@ import sys
 import time
 from typing import Callable
 
-import numpy as np
-
 from fmnist import jsonio
 from fmnist.config import TrainConfig
 from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
-from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL
+from fmnist.app import bounds
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -98,57 +98,11 @@ def _keras_timer(config: TrainConfig, splits: Splits, steps: int) -> Callable[[]
     return timed
 
 
-def _bound_timer(config: TrainConfig, splits: Splits, steps: int) -> Callable[[], float]:
-    """The MLP's matrix products and Adam update alone, `steps` times, as one compiled scan.
-
-    Per step: h = x W1 (B,784)x(784,128); z = h W2 (B,128)x(128,10); backward dW2 = h^T dz,
-    dh = dz W2^T, dW1 = x^T dh; then Adam on the four parameters. No bias, relu, softmax or
-    loss: what is left when everything but the arithmetic-heavy work is free.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    b = config.batch_size
-    w = init_weights("mlp", config.init, config.seed)
-    params = {k: jnp.asarray(w[l][p]) for l in w for p in ("kernel", "bias")
-              for k in [f"{l}/{p}"]}
-    x_all = jnp.asarray(splits.x_train.reshape(len(splits.x_train), -1))
-    batches = jnp.asarray(np.stack([bi for bi in train_loader(config, splits).batch_indices(0)
-                                    if len(bi) == b][:steps]))
-    def step(carry, idx):
-        p, m, v = carry
-        x = x_all[idx]
-        h = x @ p["dense_0/kernel"]
-        z = h @ p["dense_1/kernel"]
-        dz = z * 1e-2  # stands in for the loss gradient, so the backward products depend on z
-        g = {"dense_1/kernel": h.T @ dz, "dense_0/kernel": x.T @ (dz @ p["dense_1/kernel"].T),
-             "dense_0/bias": p["dense_0/bias"] * 0, "dense_1/bias": p["dense_1/bias"] * 0}
-        m = jax.tree.map(lambda m, g: m + (g - m) * 0.1, m, g)
-        v = jax.tree.map(lambda v, g: v + (g * g - v) * 0.001, v, g)
-        p = jax.tree.map(lambda p, m, v: p - 1e-3 * m / (jnp.sqrt(v) + 1e-7), p, m, v)
-        return (p, m, v), z[0, 0]
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    # The same loop structure and compiler options as the implementations' scans (fmnist.fastpath.xla), so
-    # the bound gets every advantage they get.
-    run = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches, unroll=SCAN_UNROLL),
-                  compiler_options=COMPILER_OPTIONS)
-    carry = [(params, zeros, zeros)]
-
-    def timed() -> float:
-        start = time.perf_counter()
-        carry[0], out = run(carry[0], batches)
-        jax.block_until_ready(out)
-        return time.perf_counter() - start
-
-    timed()
-    return timed
-
-
 def bench(models=("mlp", "cnn"), impls=IMPLS, repeats: int = 5, steps: dict | None = None,
           splits: Splits | None = None, log=sys.stderr) -> dict:
     """Median seconds per epoch of each implementation (and the MLP bound), interleaved runs."""
     splits = splits if splits is not None else load_splits()
+    peak = bounds.peak_timer()
     steps = {**{m: s for m, (_, s) in DEFAULT_SETUPS.items()}, **(steps or {})}
     results: dict = {}
     for model in models:
@@ -163,11 +117,17 @@ def bench(models=("mlp", "cnn"), impls=IMPLS, repeats: int = 5, steps: dict | No
             timers[impl] = (_keras_timer(config, splits, n) if impl == "keras"
                             else _jax_timer(impl, config, splits, n))
         if model == "mlp":
-            timers["bound"] = _bound_timer(config, splits, n)
-        samples = {name: [] for name in timers}
+            timers["bound"] = bounds.mlp_gemm_timer(config, splits, n)
+        epoch_flops = bounds.flops_per_image(model) * len(splits.x_train)
+        samples = {name: [] for name in [*timers, "flop_bound", "peak_gflops"]}
         for r in range(repeats):
             for name, timed in timers.items():
                 samples[name].append(timed() / n * steps_per_epoch)
+            rate = peak()  # the machine's matmul rate in this round, beside the round's timings
+            samples["peak_gflops"].append(rate / 1e9)
+            samples["flop_bound"].append(epoch_flops / rate)
+        if model == "cnn":  # the CNN's bound is its FLOPs at the matmul rate (the MLP's: its GEMMs, measured)
+            samples["bound"] = samples["flop_bound"]
             if log:
                 print(f"[bench] {model} round {r + 1}/{repeats}: "
                       + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()), file=log, flush=True)
@@ -176,6 +136,7 @@ def bench(models=("mlp", "cnn"), impls=IMPLS, repeats: int = 5, steps: dict | No
         results[model]["batch_size"] = batch_size
         results[model]["steps_timed"] = n
         results[model]["steps_per_epoch"] = steps_per_epoch
+        results[model]["epoch_tflop"] = epoch_flops / 1e12
     return results
 
 
@@ -189,6 +150,8 @@ def ratios(results: dict) -> dict:
                 out[model][f"keras/{impl}"] = r["keras"] / r[impl]
             if impl in r and "bound" in r:
                 out[model][f"{impl}/bound"] = r[impl] / r["bound"]
+            if impl in r and "flop_bound" in r and model == "mlp":
+                out[model][f"{impl}/flop_bound"] = r[impl] / r["flop_bound"]
     return out
 
 
@@ -249,6 +212,7 @@ def main_bench(models, impls, repeats, steps, as_json: bool, splits: Splits | No
     results = bench(models, impls, repeats, steps, splits)
     if as_json:
         out = {m: {k: v for k, v in r.items()} for m, r in results.items()}
+        out["peak_gflops"] = statistics.median(g for r in results.values() for g in r["samples"]["peak_gflops"])
         out["ratios"] = ratios(results)
         out["ratio_ranges"] = ratio_ranges(results)
         out["machine"] = machine()
@@ -258,4 +222,7 @@ def main_bench(models, impls, repeats, steps, as_json: bool, splits: Splits | No
         print(f"\nMedians of {repeats} interleaved measurements of "
               + ", ".join(f"{r['steps_timed']} {m} steps" for m, r in results.items())
               + ", scaled to one epoch of 55,000 images.")
+        for m, r in results.items():
+            print(f"{m}: {r['epoch_tflop']:.3f} TFLOP per epoch; matmul rate {r['peak_gflops']:.0f} GFLOP/s "
+                  f"(median of the rounds), so a FLOP bound of {r['flop_bound']:.2f} s per epoch")
     return 0
