@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fmnist.app.seeds import seed_range
 from fmnist.config import IMPLEMENTATIONS
 
 COLORS = {"handrolled": "tab:blue", "flax": "tab:orange", "nnx": "tab:red", "keras": "tab:green",
@@ -73,6 +74,16 @@ def differences_from(report: dict, base: str, metric: str) -> dict[str, np.ndarr
     return out
 
 
+def _seed_bands(ax, runs: list[dict], impl: str, metric: str, seeds: list[int]) -> None:
+    """The min..max band over the seeds of `metric` (train) and val_`metric` (hatched), behind."""
+    for key, style in ((metric, dict(alpha=0.2)), (f"val_{metric}", dict(alpha=0.12, hatch="///"))):
+        band = seed_range(runs, key)
+        if band is not None:
+            label = f"{impl} {'validation' if key.startswith('val_') else 'train'}: {len(seeds)} seeds min..max"
+            ax.fill_between(range(1, len(band[0]) + 1), *band, color=COLORS[impl], linewidth=0, zorder=0,
+                            label=label, **style)
+
+
 def plot_comparison(report: dict, path: str | Path) -> Path:
     """Three panels: loss and accuracy of every implementation overlaid (train solid markers,
     validation in a lighter shade), and each implementation's |difference| from the first one
@@ -81,10 +92,19 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     Drawn so that curves lying exactly on each other stay distinguishable: a wide translucent band
     (hand-rolled), a thin line with dots (Flax), dashes with open squares (NNX), a dotted line with
     crosses (Keras), dash-dots with open triangles (Keras on JAX).
+
+    A report of several seeds (`fmnist compare --seeds K`) adds the seed-to-seed band behind the
+    curves, min..max over the seeds per epoch, of the reference implementation only (the bands of
+    implementations that agree this closely lie on each other, and five translucent bands over each
+    other read as one smudge), and its spread (max - min) in the difference panel, gray.
     """
     impls = [i for i in IMPLEMENTATIONS if i in report]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    base = impls[0]
+    seed_runs = report.get("seed_runs", {}).get(base)
     for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+        if seed_runs:
+            _seed_bands(ax, seed_runs, base, metric, report["seeds"])
         for impl in impls:
             rows = report[impl]["epochs"]
             epochs = [r["epoch"] for r in rows]
@@ -99,7 +119,6 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[2]
-    base = impls[0]
     floor = 1e-12  # exact agreement (0) has no logarithm: it is drawn on this line, labelled "identical"
     for metric, style in (("loss", "-"), ("val_loss", "--"), ("val_accuracy", ":")):
         if metric not in report[base]["epochs"][0]:
@@ -107,6 +126,10 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
         for impl, diff in differences_from(report, base, metric).items():
             ax.semilogy(range(1, len(diff) + 1), np.maximum(diff, floor), linestyle=style, marker="o",
                         markersize=3, color=COLORS[impl], label=f"{impl}: {metric}")
+        if seed_runs:
+            spread = np.asarray(report["seed_spread"][base][metric])
+            ax.semilogy(range(1, len(spread) + 1), np.maximum(spread, floor), linestyle=style, linewidth=3,
+                        color="gray", alpha=0.6, label=f"seed spread of {base}: {metric}")
     ax.axhline(floor, color="gray", linewidth=0.6)
     ax.text(1, floor * 2, "identical", fontsize=8, color="gray")
     ax.set_title(f"|difference| from {base}")
@@ -115,11 +138,14 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     ax.set_ylim(floor / 3, 1.0)
     ax.grid(alpha=0.3, which="major")
     if len(impls) > 1:
-        ax.legend(fontsize=7, ncol=1)
+        # with the seed spread lines the legend is longer: two columns in the empty lower right
+        ax.legend(**(dict(fontsize=6, ncol=2, loc="lower right") if seed_runs else dict(fontsize=7, ncol=1)))
     else:
         ax.text(0.5, 0.5, "one implementation:\nnothing to compare", transform=ax.transAxes, ha="center")
     c = report["config"]
+    seeds = (f"; curves seed {report['seeds'][0]}, band min..max over seeds "
+             f"{report['seeds'][0]}..{report['seeds'][-1]} of {base}" if seed_runs else "")
     fig.suptitle(f"{c['model']}, {c['optimizer']} lr={c['lr']}, batch {c['batch_size']}: "
-                 "same starting weights, same batch order")
+                 "same starting weights, same batch order" + seeds)
     fig.tight_layout()
     return save_figure(fig, path)
