@@ -106,13 +106,14 @@ def make_run_steps(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray
     """`run_steps(state, batches) -> (state, losses, corrects)` for `fmnist.loop.fit`.
 
     With `config.fast`, the fast path (`fmnist.fastpath.steps.make_run_steps`, the gradient in
-    slices as `fast_path(config.model)` says); otherwise one jitted `train_step` per batch.
+    slices as `fast_path(config.model)` says; data parallel over `config.devices` devices);
+    otherwise one jitted `train_step` per batch.
     """
     if not config.fast:
         return loop.one_step_at_a_time(jax.jit(train_step), x_train, y_train)
-    settings = fast_path(config.model)
+    settings = fast_path(config.model, config.devices)
     step = functools.partial(train_step, grads_fn=fastpath.in_slices(loss_and_grads, settings["grad_parts"]))
-    return fastpath.make_run_steps(step, x_train, y_train, settings["scan"])
+    return fastpath.make_run_steps(step, x_train, y_train, settings["scan"], config.devices)
 
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,

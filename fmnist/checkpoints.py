@@ -27,6 +27,22 @@ class CheckpointError(ValueError):
     """A checkpoint that exists but cannot be restored (damaged, or from another model)."""
 
 
+def _process_options(ocp) -> dict:
+    """Orbax options for this process. One process: keep the last checkpoint. In a multi-process
+    run (`jax.distributed`) every process holds the whole (replicated) state, so process 0 alone
+    saves, without waiting for the others, and the others only read (to resume: the directory must
+    be visible to them, a shared filesystem); saving `np.array` copies makes that possible."""
+    import jax
+
+    if jax.process_count() == 1:
+        return {"max_to_keep": 1}
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    # Orbax will not create the directory for a subset of the processes: Checkpointer does.
+    return {"multiprocessing_options": alone, "create": False,
+            **({"max_to_keep": 1} if me == 0 else {"read_only": True})}
+
+
 class Checkpointer:
     """The latest epoch's training state under `directory`, kept by `orbax.checkpoint.CheckpointManager`."""
 
@@ -35,8 +51,12 @@ class Checkpointer:
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True))
+        options = _process_options(ocp)
+        self.read_only = options.get("read_only", False)
+        if not self.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=True, **options))
 
     def latest_epoch(self) -> int | None:
         """The last epoch saved completely, or None."""
@@ -47,6 +67,9 @@ class Checkpointer:
         import jax
 
         from fmnist import jsonio
+
+        if self.read_only:  # a process other than 0 of a multi-process run
+            return
 
         host = jax.tree.map(np.array, state)  # copies: the device buffers are donated next
         self.manager.wait_until_finished()  # one write at a time

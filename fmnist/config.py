@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     steps_per_call: int = 100      # JAX: training steps per call of run_steps (compiled into one on the fast path)
     fast: bool = True              # JAX: train on the fast path (fmnist.fastpath); False: the readable path
+    devices: int = 1               # JAX fast path: data parallel over this many devices (fmnist.fastpath.sharding)
     early_stopping_patience: int | None = None
     terminate_on_nan: bool = True  # stop at the first non-finite training loss, as keras.callbacks.TerminateOnNaN
 
@@ -65,6 +66,10 @@ class TrainConfig:
             (self.train_limit is None or self.train_limit >= 1, "train limit must be at least 1"),
             (self.eval_batch_size >= 1, "eval batch size must be at least 1"),
             (self.steps_per_call >= 1, "steps per call must be at least 1"),
+            (self.devices >= 1, f"devices must be at least 1, got {self.devices}"),
+            (self.batch_size % max(self.devices, 1) == 0, f"batch size {self.batch_size} must be a multiple of "
+             f"--devices {self.devices} (each device takes an equal share of every batch's rows)"),
+            (self.fast or self.devices == 1, "--devices N > 1 trains on the fast path only; drop --readable"),
         ]
         for ok, message in checks:
             if not ok:

@@ -95,14 +95,15 @@ def make_run_steps(config: TrainConfig, optimizer, x_train: np.ndarray, y_train:
     """`run_steps((model, opt_state), batches) -> (state, losses, corrects)` for `fmnist.loop.fit`.
 
     With `config.fast`, the fast path (`fmnist.fastpath.steps.make_run_steps`, the gradient in
-    slices as `fast_path(config.model)` says); otherwise one jitted `train_step` per batch.
+    slices as `fast_path(config.model)` says; data parallel over `config.devices` devices);
+    otherwise one jitted `train_step` per batch.
     """
     step = functools.partial(train_step, optimizer=optimizer)
     if not config.fast:
         return loop.one_step_at_a_time(jax.jit(step), x_train, y_train)
-    settings = fast_path(config.model)
+    settings = fast_path(config.model, config.devices)
     step = functools.partial(step, grads_fn=fastpath.in_slices(loss_and_grads, settings["grad_parts"]))
-    return fastpath.make_run_steps(step, x_train, y_train, settings["scan"])
+    return fastpath.make_run_steps(step, x_train, y_train, settings["scan"], config.devices)
 
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,

@@ -9,7 +9,12 @@ from fmnist.config import TrainConfig
 
 
 def check(config: TrainConfig) -> None:
-    """Raise ValueError if Keras cannot train `config`: its Adam has only the epsilon-hat form."""
+    """Raise ValueError if Keras cannot train `config`: its Adam has only the epsilon-hat form, and it
+    trains on one device here (Keras's own `keras.distribution` is not wired in)."""
+    if config.devices != 1:
+        raise ValueError(f"--devices {config.devices}: Keras trains on one device here; data parallel "
+                         "training is for the JAX implementations (handrolled, flax, nnx: "
+                         "`fmnist compare --impls handrolled flax nnx --devices N`)")
     if config.optimizer == "adam" and config.adam_convention != "keras":
         raise ValueError(
             f"Keras's Adam implements only the epsilon-hat ('keras') convention, not "

@@ -109,7 +109,8 @@ def make_run_steps(config: TrainConfig, graphdef, x_train: np.ndarray, y_train: 
     `graphdef, state = nnx.split((model, optimizer))`.
 
     With `config.fast`, the fast path (`fmnist.fastpath.steps.make_run_steps` on a pure step that
-    merges inside; the state is donated); otherwise `nnx.jit(train_step)` once per batch.
+    merges inside; the state is donated; data parallel over `config.devices` devices); otherwise
+    `nnx.jit(train_step)` once per batch.
     """
     if not config.fast:
         step = nnx.jit(train_step)
@@ -124,7 +125,7 @@ def make_run_steps(config: TrainConfig, graphdef, x_train: np.ndarray, y_train: 
             return nnx.state((model, optimizer)), np.asarray(losses), np.asarray(corrects)
         return run_steps
 
-    settings = fast_path(config.model)
+    settings = fast_path(config.model, config.devices)
     grads_fn = fastpath.in_slices(loss_and_grads, settings["grad_parts"])
 
     def pure_step(state, images, labels):
@@ -132,7 +133,7 @@ def make_run_steps(config: TrainConfig, graphdef, x_train: np.ndarray, y_train: 
         loss, correct = train_step(model, optimizer, images, labels, grads_fn)
         return nnx.state((model, optimizer)), loss, correct
 
-    return fastpath.make_run_steps(pure_step, x_train, y_train, settings["scan"])
+    return fastpath.make_run_steps(pure_step, x_train, y_train, settings["scan"], config.devices)
 
 
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,

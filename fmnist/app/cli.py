@@ -1,4 +1,4 @@
-"""The `fmnist` command: `train`, `compare`, `bench`, `evaluate` and `data`.
+"""The `fmnist` command: `train`, `compare`, `bench`, `evaluate`, `explain` and `data`.
 
 Flags only live here; everything they drive is a library function that tests import directly.
 Bad input ends with a one-line reason and exit status 2, never a traceback.
@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from fmnist.app import distributed, explain
 from fmnist.config import ADAM_CONVENTIONS, IMPLEMENTATIONS, OPTIMIZERS, TrainConfig
 from fmnist.data import DataError
 from fmnist.initializers import INITIALIZERS
@@ -70,6 +71,7 @@ def add_train_flags(p: argparse.ArgumentParser, epochs: int = DEFAULTS.epochs) -
     p.add_argument("--readable", dest="fast", action="store_false",
                    help="JAX implementations: train on the readable path (plain layers, one jitted step "
                         "per batch) instead of the fast path; the same numbers to float32 rounding, slower")
+    distributed.add_devices_flag(p)
     p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a lower validation loss")
     p.add_argument("--no-terminate-on-nan", dest="terminate_on_nan", action="store_false",
@@ -87,7 +89,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         adam_eps=args.adam_eps, init=args.init, seed=args.seed, val_size=args.val_size,
         train_limit=args.train_limit, steps_per_call=args.steps_per_call,
         early_stopping_patience=args.early_stopping, terminate_on_nan=args.terminate_on_nan,
-        fast=args.fast)
+        fast=args.fast, devices=args.devices)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "settings (--epochs N may raise the number of epochs)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (without it, an existing run is never touched)")
+    distributed.add_process_flags(train)
 
     compare = sub.add_parser("compare", help="train every implementation from the same weights and batch order",
                              description="Train every implementation from the same canonical weights "
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="which implementations to compare (default: every one whose packages "
                               "are installed)")
     compare.add_argument("--out", type=Path, default=None, help="output directory (default runs/compare-MODEL)")
+    compare.add_argument("--seeds", type=positive_int, default=1, metavar="K", help="train from K seeds "
+                         "(--seed, --seed + 1, ...) and show the seed-to-seed spread (K times the time)")
 
     bench = sub.add_parser("bench", help="seconds per epoch of each implementation, side by side",
                            description="Time training steps of each implementation, interleaved and "
@@ -156,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                                f"a child process); put RUN_DIR before it. Choices: {', '.join(IMPLEMENTATIONS)}")
     evaluate.add_argument("--no-compare", action="store_true", help="compute the predictions with --impl only")
     evaluate.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
-
+    explain.add_parser(sub)  # `fmnist explain TOPIC`: fmnist/app/explain/__init__.py
     data = sub.add_parser("data", help="find and verify the dataset; say how to install it if missing")
     data.add_argument("--data-dir", default=None, help="directory holding the four IDX .gz files")
     return parser
 
 
 # Flags that may differ from a resumed run's saved config (they do not change what is computed).
-RESUMABLE = {"epochs", "data_dir", "resume", "out", "overwrite", "command"}
+RESUMABLE = {"epochs", "data_dir", "resume", "out", "overwrite", "command"} | distributed.PROCESS_FLAGS
 
 
 def explicit_flags(argv) -> set[str]:
@@ -176,21 +181,20 @@ def explicit_flags(argv) -> set[str]:
 def resumed_config(args, argv) -> tuple[str, TrainConfig]:
     """(impl, config) of the run in `args.resume`; a flag that contradicts it is refused."""
     from fmnist.app import rundir
-    from fmnist.app.rundir import RunDirError, read_run_meta
 
-    impl, saved = read_run_meta(args.resume)
+    impl, saved = rundir.read_run_meta(args.resume)
     given = config_from(args).to_dict() | {"impl": args.impl}
     for name in sorted(explicit_flags(argv) - RESUMABLE):
         key = {"early_stopping": "early_stopping_patience"}.get(name, name)
         theirs = impl if key == "impl" else saved.to_dict().get(key)
         if given.get(key) != theirs:
-            raise RunDirError(f"--{name.replace('_', '-')} {given.get(key)} contradicts the run in "
-                              f"{args.resume} ({key}={theirs}); drop it to resume")
+            raise rundir.RunDirError(f"--{name.replace('_', '-')} {given.get(key)} contradicts the run in "
+                                     f"{args.resume} ({key}={theirs}); drop it to resume")
     epochs = args.epochs if "epochs" in explicit_flags(argv) else saved.epochs
     finished = rundir.finished_epochs(args.resume)
     if epochs < finished:
-        raise RunDirError(f"the run in {args.resume} has already trained {finished} epochs; "
-                          f"--epochs {epochs} would undo some (give at least {finished})")
+        raise rundir.RunDirError(f"the run in {args.resume} has already trained {finished} epochs; "
+                                 f"--epochs {epochs} would undo some (give at least {finished})")
     return impl, TrainConfig(**{**saved.to_dict(), "epochs": epochs})
 
 
@@ -198,7 +202,6 @@ def cmd_train(args, argv=None) -> int:
     from fmnist.app import runner, rundir
     from fmnist.callbacks import ProgressBar
     from fmnist.data import load_splits
-    from fmnist.app.rundir import save_run
     from fmnist.loop import NonFiniteLoss
 
     if args.resume is not None:
@@ -207,10 +210,11 @@ def cmd_train(args, argv=None) -> int:
         impl, config = resumed_config(args, argv if argv is not None else sys.argv[1:])
         out = args.resume
     else:
-        impl, config = args.impl, config_from(args)
-        out = output_dir(args.out or Path("runs") / f"{args.impl}-{config.model}")
+        impl, config, out = args.impl, config_from(args), args.out or Path("runs") / f"{args.impl}-{args.model}"
+    if distributed.join(args) > 0:  # process I > 0 of several: process 0 alone writes the run directory
+        return distributed.train_in_step(args, impl, config)
     runner.preflight([impl], config)
-    with rundir.RunLock(out):
+    with rundir.RunLock(output_dir(out)):
         if args.resume is None and rundir.has_run(out):
             if not args.overwrite:
                 raise rundir.RunDirError(f"{out} already holds a run; `fmnist train --resume {out}` "
@@ -236,7 +240,7 @@ def cmd_train(args, argv=None) -> int:
             history.write("non-finite loss", stopped_at={"epoch": e.epoch, "step": e.step})
             print(f"\nfmnist train: error: {e}", file=sys.stderr)
             return 3
-        paths = save_run(result, out)
+        paths = rundir.save_run(result, out)
     print(f"Test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f}, "
           f"{result.seconds_per_epoch:.1f} s per epoch (median)")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
@@ -244,7 +248,7 @@ def cmd_train(args, argv=None) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fmnist.app.compare import compare, markdown_table
+    from fmnist.app.compare import compare, summary
     from fmnist.data import load_splits
 
     config = config_from(args)
@@ -253,9 +257,9 @@ def cmd_compare(args) -> int:
     impls = list(dict.fromkeys(args.impls or installed_impls()))  # each once, in the order given
     out = output_dir(args.out or Path("runs") / f"compare-{config.model}")
     splits = load_splits(config.val_size, config.split_seed, config.train_limit, path=args.data_dir)
-    report = compare(config, splits, out, impls, stream=sys.stdout)
+    report = compare(config, splits, out, impls, stream=sys.stdout, seeds=args.seeds)
     print()
-    print(markdown_table(report))
+    print(summary(report))
     print(f"\nWrote {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
     return 0
 
@@ -294,13 +298,12 @@ def cmd_data(args) -> int:
 
     directory = find_data_dir(args.data_dir)
     (x_train, y_train), (x_test, y_test) = load_data(directory)
-    print(f"Fashion-MNIST OK in {directory}: train {x_train.shape}, test {x_test.shape}, "
-          "checksums verified")
+    print(f"Fashion-MNIST OK in {directory}: train {x_train.shape}, test {x_test.shape}, checksums verified")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "evaluate": cmd_evaluate,
-            "data": cmd_data}
+            "data": cmd_data, "explain": explain.command}
 
 
 def main(argv: list[str] | None = None) -> int:

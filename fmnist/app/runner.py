@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 from fmnist.config import IMPLEMENTATIONS, TrainConfig
 from fmnist.data import Splits, load_splits
@@ -54,6 +55,11 @@ def preflight(impls, config: TrainConfig) -> None:
     """Raise ValueError now if any of `impls` cannot run `config` (missing package, unsupported option)."""
     for impl in impls:  # each implementation says what it cannot run (Keras: only the epsilon-hat Adam)
         train_module(impl).check(config)
+    joined = "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized()  # several processes
+    if config.devices > 1 or joined:  # enough devices, all of them? (before a run directory is written)
+        from fmnist.fastpath.sharding import check_devices
+
+        check_devices(config.devices)
 
 
 def splits_for(config: TrainConfig) -> Splits:

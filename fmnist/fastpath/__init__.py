@@ -5,6 +5,8 @@ code a learner reads. Every piece computes what the readable path computes (test
 * `fmnist.fastpath.layers`: the shift convolution and the first-max pool, both with custom VJPs.
 * `fmnist.fastpath.steps`: the gradient in slices, and `make_run_steps` (data on the device,
   K steps per compiled call, donated buffers).
+* `fmnist.fastpath.sharding`: data parallel over N devices (`make_run_steps(..., devices=N)`), and
+  joining several processes into one run (`jax.distributed`).
 
 Imports run one way: implementations -> fmnist.fastpath -> the rest of fmnist (the contract).
 """

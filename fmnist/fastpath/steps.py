@@ -10,6 +10,8 @@
   `fmnist.loop.fit`. The training set is copied to the device once and each batch gathered there by
   index; the K steps of a call are one compiled `lax.scan` (scan=True) or a Python loop of single
   compiled steps, the state buffers donated (updated in place), compiled with `COMPILER_OPTIONS`.
+  With `devices=N > 1`, data parallel over N devices (`fmnist.fastpath.sharding`): the same
+  compiled steps, each batch's rows split over the devices, the state replicated.
 
 Which settings each model trains with is `fmnist.fastpath.xla.fast_path`; why, docs/performance.md.
 """
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmnist.fastpath.sharding import DataParallel
 from fmnist.fastpath.xla import COMPILER_OPTIONS, SCAN_UNROLL
 
 __all__ = ["in_slices", "make_run_steps"]
@@ -49,18 +52,39 @@ def in_slices(loss_and_grads: Callable, parts: int) -> Callable:
     return sliced
 
 
-def make_run_steps(train_step: Callable, x_train: np.ndarray, y_train: np.ndarray, scan: bool = True):
+def make_run_steps(train_step: Callable, x_train: np.ndarray, y_train: np.ndarray, scan: bool = True,
+                   devices: int = 1):
     """`run_steps(state, batches) -> (state, losses (K,), corrects (K,))` from a pure
     `train_step(state, images, labels) -> (state, loss, correct)`.
 
     `batches` is a (K, B) int array of row indices into `x_train`/`y_train`. The state is donated:
-    the caller must use the returned state, not the one passed in.
+    the caller must use the returned state, not the one passed in. With `devices > 1` the steps run
+    data parallel over the first `devices` devices (`fmnist.fastpath.sharding.DataParallel`); the
+    state returned is then replicated over them (`np.asarray` of any of its arrays works).
     """
+    if devices > 1:
+        return _data_parallel_run_steps(train_step, x_train, y_train, scan, DataParallel(devices))
     # The arrays are arguments of the compiled functions, not constants captured by closure: a
     # captured training set is baked into every compiled program (docs/performance.md).
     x_all, y_all = jax.device_put(jnp.asarray(x_train)), jax.device_put(jnp.asarray(y_train))
     jit = functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS)
+    return _run_steps(train_step, x_all, y_all, scan, jit, place_state=None, place_batches=None)
 
+
+def _data_parallel_run_steps(train_step, x_train, y_train, scan, dp: DataParallel):
+    """`make_run_steps` over `dp`'s devices: the training set and the state replicated, each
+    batch's rows split (the compiler adds the all-reduce of the partial gradients)."""
+    x_all, y_all = dp.replicate(np.asarray(x_train)), dp.replicate(np.asarray(y_train))
+    jit = functools.partial(jax.jit, donate_argnums=0, compiler_options=COMPILER_OPTIONS,
+                            out_shardings=dp.replicated)
+
+    def sharded_step(state, images, labels):
+        return train_step(state, dp.rows(images), dp.rows(labels))
+    return _run_steps(sharded_step, x_all, y_all, scan, jit, place_state=dp.replicate,
+                      place_batches=dp.batch_indices)
+
+
+def _run_steps(train_step, x_all, y_all, scan, jit, place_state, place_batches):
     @jit
     def scan_steps(state, x_all, y_all, batches):
         def body(state, idx):
@@ -75,10 +99,13 @@ def make_run_steps(train_step: Callable, x_train: np.ndarray, y_train: np.ndarra
 
     def run_steps(state, batches):
         batches = np.asarray(batches, dtype=np.int32)
+        if place_state is not None:
+            state = place_state(state)
         if scan:
-            return scan_steps(state, x_all, y_all, batches)
+            return scan_steps(state, x_all, y_all, batches if place_batches is None else place_batches(batches))
         losses, corrects = [], []
         for idx in batches:  # NumPy rows: no device-side slicing op per step
+            idx = idx if place_batches is None else place_batches(idx)
             state, loss, correct = indexed_step(state, x_all, y_all, idx)
             losses.append(loss)
             corrects.append(correct)

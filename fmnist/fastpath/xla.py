@@ -9,7 +9,8 @@ options the installed jaxlib accepts). The measurements behind every value: docs
 * SCAN_UNROLL: training steps per iteration of a `lax.scan` loop.
 * SCAN_BY_MODEL: whether a model's K steps per call are one `lax.scan` or a Python loop of single
   compiled steps (XLA:CPU runs convolution gradients inside loop bodies far slower, jax-ml/jax#12868).
-* GRAD_PARTS_BY_MODEL: how many slices a step's gradient is computed in (`fastpath.steps.in_slices`).
+* GRAD_PARTS_BY_MODEL: how many slices a step's gradient is computed in (`fastpath.steps.in_slices`);
+  one device's setting (data parallel, each device computes its rows' gradient in one piece).
 """
 
 # YNNPACK keeps what it does well here; convolutions (LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,
@@ -47,6 +48,11 @@ SCAN_BY_MODEL = {"mlp": True, "cnn": False}
 GRAD_PARTS_BY_MODEL = {"mlp": 1, "cnn": 2}
 
 
-def fast_path(model: str) -> dict:
-    """`make_run_steps` keywords for `model` ("mlp" or "cnn"): {"scan": ..., "grad_parts": ...}."""
-    return {"scan": SCAN_BY_MODEL[model], "grad_parts": GRAD_PARTS_BY_MODEL[model]}
+def fast_path(model: str, devices: int = 1) -> dict:
+    """`make_run_steps` keywords for `model` ("mlp" or "cnn"): {"scan": ..., "grad_parts": ...}.
+
+    Data parallel over `devices > 1` devices, the gradient is one piece per device: the devices are
+    the slices. (Slicing a batch whose rows are split over the devices makes each slice live on
+    some of them only; XLA then moves rows between the devices: 153 ms per CNN step at batch 128 on
+    2 forced CPU devices, against 46 ms in one piece, docs/performance.md.)"""
+    return {"scan": SCAN_BY_MODEL[model], "grad_parts": GRAD_PARTS_BY_MODEL[model] if devices == 1 else 1}

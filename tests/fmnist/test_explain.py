@@ -136,8 +136,12 @@ def test_chaos(out):
     r = run("chaos", out)
     assert r["control_max_gap"] == 0.0
     assert r["start_gap"] < 1e-6
-    assert r["params_part_at_step"] is not None and r["params_part_at_step"] < r["steps"]  # measured: step 49 of 500
-    assert r["final_param_gap"] > 1e-2  # measured 0.154
+    # Whether and when this MLP's runs part depends on the stack: jax 0.12 measured step 49 of 500
+    # (1e-5) and 0.154 apart at the end; jax 0.10.2 never crossed 1e-5 (4.4e-7 -> 3.4e-6: the gap
+    # grew 7.6x but no ReLU flipped). What holds on both: the gap grows, and the control stays 0.
+    assert r["final_param_gap"] > 5 * r["start_gap"]
+    if r["params_part_at_step"] is not None:
+        assert r["params_part_at_step"] < r["steps"] and r["final_param_gap"] > 1e-5
     assert abs(r["val_accuracy"]["A"] - r["val_accuracy"]["B = A + noise"]) < 0.02
 
 
