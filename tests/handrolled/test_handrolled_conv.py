@@ -270,6 +270,17 @@ def test_first_max_pool_gradient_goes_to_the_first_of_tied_maxima():
     np.testing.assert_array_equal(g.ravel(), [0, 1, 0, 0])
 
 
+def test_first_max_pool_output_is_written_once_not_recomputed_by_its_consumers():
+    # The pooled output passes an optimization barrier in the forward pass and in the saved forward
+    # of the gradient (fmnist/fastpath/layers.py): without it jaxlib 0.12 fused the whole
+    # conv-relu-pool chain into the next convolution's kernel gradient and recomputed it there
+    # (docs/performance.md). Removing either barrier fails here.
+    x = jnp.ones((1, 4, 4, 1))
+    forward = jax.make_jaxpr(lambda x: conv.max_pool2d(x, 2, impl="first_max"))(x)
+    backward = jax.make_jaxpr(jax.grad(lambda x: conv.max_pool2d(x, 2, impl="first_max").sum()))(x)
+    assert "optimization_barrier" in str(forward) and "optimization_barrier" in str(backward)
+
+
 @pytest.mark.parametrize("h,w,window,stride", [POOL_CASES[i] for i in (1, 3, 4)])
 def test_max_pool_gradient_matches_finite_differences(x64, fd_check, rng, h, w, window, stride):
     x = rng.standard_normal((2, h, w, 2))  # float64, continuous: no ties, so max is smooth locally
