@@ -4,7 +4,7 @@ The machines this runs on are shared and noisy (the same compiled epoch can take
 and 0.65 s the next), so absolute times mean little. What this measures instead:
   * every implementation, in turn, `--repeats` times, interleaved (A B C A B C ...), so a slow
     minute hits all of them; the figure is each one's median;
-  * a fraction of an epoch (`--steps` training steps, after a warm-up call that compiles), scaled
+  * a fraction of an epoch (`--mlp-steps`, `--cnn-steps` training steps, after a warm-up call that compiles), scaled
     to the full epoch of the default run (55,000 training images);
   * a *bound* per model, in the same run (`fmnist.app.bounds`): for the CNN, the epoch's FLOPs
     (counted from the layer shapes) at the rate this machine reaches on a large matrix product,
@@ -126,11 +126,12 @@ def bench(models=("mlp", "cnn"), impls=IMPLS, repeats: int = 5, steps: dict | No
             rate = peak()  # the machine's matmul rate in this round, beside the round's timings
             samples["peak_gflops"].append(rate / 1e9)
             samples["flop_bound"].append(epoch_flops / rate)
-        if model == "cnn":  # the CNN's bound is its FLOPs at the matmul rate (the MLP's: its GEMMs, measured)
-            samples["bound"] = samples["flop_bound"]
             if log:
                 print(f"[bench] {model} round {r + 1}/{repeats}: "
-                      + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()), file=log, flush=True)
+                      + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items() if v and k != "peak_gflops")
+                      + f"; matmul {rate / 1e9:.0f} GFLOP/s", file=log, flush=True)
+        if model == "cnn":  # the CNN's bound is its FLOPs at the matmul rate (the MLP's: its GEMMs, measured)
+            samples["bound"] = samples["flop_bound"]
         results[model] = {name: statistics.median(v) for name, v in samples.items()}
         results[model]["samples"] = samples
         results[model]["batch_size"] = batch_size

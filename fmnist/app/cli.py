@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="seconds per epoch of each implementation, side by side",
                            description="Time training steps of each implementation, interleaved and "
-                                       "repeated; report medians scaled to one epoch, the MLP's GEMM "
-                                       "bound, and the ratios.")
+                                       "repeated; report medians scaled to one epoch, each model's "
+                                       "bound (FLOPs at the matmul rate), and the ratios.")
     bench.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     bench.add_argument("--impls", nargs="+", choices=BENCH_IMPLS, default=None,
                        help="which implementations to time (default: every installed one of "
