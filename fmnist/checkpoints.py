@@ -14,10 +14,14 @@ deletes the previous one only after that, so a run killed at any instant (SIGKIL
 leaves the last finished epoch restorable. Saves are asynchronous: the state is copied to host
 memory first (the next training call donates, i.e. overwrites, the device buffers), then Orbax
 writes in a background thread while training goes on; `close()` waits for the last write.
+Ctrl-C is held back while Orbax hands a save to its threads, and while it closes (`_sigint_deferred`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,26 @@ def _process_options(ocp) -> dict:
     # Orbax will not create the directory for a subset of the processes: Checkpointer does.
     return {"multiprocessing_options": alone, "create": False,
             **({"max_to_keep": 1} if me == 0 else {"read_only": True})}
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) back until the block is done, then act on it as it would have.
+
+    Orbax's `save` starts its writer threads before it records them: a KeyboardInterrupt in between
+    leaves threads that `close()` does not wait for, then shuts the executors they need; one dies on
+    that, the others wait five minutes for its signal, and the interpreter's exit waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (and may set their handlers)
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):  # Python's default handler raises KeyboardInterrupt
+        previous(signal.SIGINT, caught[0])
 
 
 class Checkpointer:
@@ -72,11 +96,12 @@ class Checkpointer:
             return
 
         host = jax.tree.map(np.array, state)  # copies: the device buffers are donated next
-        self.manager.wait_until_finished()  # one write at a time
         ocp = self._ocp
-        self.manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host),
-            progress=ocp.args.JsonSave({"epoch": epoch, "rows": jsonio.strict(rows)})))
+        with _sigint_deferred():
+            self.manager.wait_until_finished()  # one write at a time
+            self.manager.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host),
+                progress=ocp.args.JsonSave({"epoch": epoch, "rows": jsonio.strict(rows)})))
 
     def restore(self, like):
         """(state, epoch, rows) of the last epoch saved, `state` shaped like `like`; None if nothing is saved."""
@@ -103,5 +128,6 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for the last save to be on disk."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with _sigint_deferred():  # a second Ctrl-C here would leave Orbax's threads to block the exit
+            self.manager.wait_until_finished()
+            self.manager.close()

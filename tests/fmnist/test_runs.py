@@ -303,6 +303,30 @@ def test_ctrl_c_saves_what_is_finished_and_says_how_to_resume(tmp_path):
     assert history["status"] == "interrupted" and history["epochs"]
 
 
+def test_a_ctrl_c_during_a_save_comes_after_the_save_is_under_way(tmp_path):
+    """A KeyboardInterrupt inside Orbax's save could leave its threads unknown to close(), and the
+    process unable to exit: Checkpointer holds Ctrl-C back until Orbax has the write, which completes."""
+    import signal
+
+    import jax.numpy as jnp
+
+    from fmnist.checkpoints import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "checkpoint")
+    save = ckpt.manager.save
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return save(*args, **kwargs)
+
+    ckpt.manager.save = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(1, {"w": jnp.ones(3)}, [{"epoch": 1, "loss": 0.5}])
+    ckpt.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert Checkpointer(tmp_path / "checkpoint").latest_epoch() == 1
+
+
 def test_an_existing_run_is_never_overwritten_by_accident(tmp_path):
     out = tmp_path / "run"
     assert fmnist("train", *CLI_RUN, "--epochs", "1", "--out", str(out)).returncode == 0
