@@ -10,6 +10,8 @@ so the slices run side by side as in the step):
   conv_0 chain forward                                 shift conv + bias + relu + first-max pool
   conv_0 kernel gradient                               the shift conv's patches^T dy product
   dense_0 forward + gradients                          (B, 3136) x (3136, 128) and its two products
+  GEMM ...                                             conv_1's three products as plain matrix products
+                                                       of its im2col shapes (the patches given)
   whole step                                           the hand-rolled fast-path step (Adam included)
 
 interleaved A B C ... for `--rounds` rounds (a slow minute hits every piece), medians in ms, and
@@ -62,6 +64,11 @@ def pieces(slice_size: int, rng) -> dict:
         "conv_0 kernel gradient": (lambda x, dy: jax.vjp(lambda k: shift_conv_3x3(x, k), k0)[1](dy)[0], (x0, dy0),
                                    2 * n * 28 * 28 * 9 * 32),
         "dense_0 forward + gradients": (lambda h, w, dz: (h @ w, h.T @ dz, dz @ w.T), (h, w, dz), 3 * 2 * n * 3136 * 128),
+        # conv_1's three products as plain matrix products of its im2col shapes (patches given, not built):
+        # what a GEMM of these shapes reaches here, the best an im2col convolution could do.
+        "GEMM (B*196, 288) x (288, 64)": (jnp.dot, (normal(n * 196, 288), normal(288, 64)), conv_1),
+        "GEMM (B*196, 64) x (64, 288)": (jnp.dot, (normal(n * 196, 64), normal(64, 288)), conv_1),
+        "GEMM (288, B*196) x (B*196, 64)": (jnp.dot, (normal(288, n * 196), normal(n * 196, 64)), conv_1),
     }
 
 
