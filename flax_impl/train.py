@@ -116,6 +116,16 @@ def make_run_steps(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray
     return fastpath.make_run_steps(step, x_train, y_train, settings["scan"], config.devices)
 
 
+def init_state(config: TrainConfig, weights: Weights, x_train: np.ndarray, y_train: np.ndarray):
+    """(state, run_steps, evaluate_state), what `fmnist.loop.fit` takes, as `train_and_evaluate`
+    trains: the `TrainState` from canonical `weights`, the `run_steps` that advances it and
+    `evaluate_state(state, x, y) -> (loss, accuracy)`."""
+    model = build_model(config.model, **(fast_layers(config.model) if config.fast else {}))
+    state = create_train_state(model, from_weights(config.model, weights), make_optimizer(config))
+    run_steps = make_run_steps(config, x_train, y_train)
+    return state, run_steps, functools.partial(evaluate, batch_size=config.eval_batch_size)
+
+
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
                        callbacks=(), checkpoint_dir=None) -> RunResult:
     """Train `config.model` from `initial_weights` on `splits`, test it, return a `RunResult`.
@@ -123,15 +133,12 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     With `checkpoint_dir` the run resumes from, and saves every epoch to, that directory (Orbax):
     the TrainState's arrays (step, params, opt_state; apply_fn and tx are code, rebuilt from config).
     """
-    model = build_model(config.model, **(fast_layers(config.model) if config.fast else {}))
-    state = create_train_state(model, from_weights(config.model, initial_weights), make_optimizer(config))
-    run_steps = make_run_steps(config, splits.x_train, splits.y_train)
-    evaluate_fn = functools.partial(evaluate, batch_size=config.eval_batch_size)
+    state, run_steps, evaluate_state = init_state(config, initial_weights, splits.x_train, splits.y_train)
     callbacks = CallbackList(callbacks)
-    state, rows = loop.fit(config, splits, state, run_steps, evaluate_fn, callbacks, checkpoint_dir,
+    state, rows = loop.fit(config, splits, state, run_steps, evaluate_state, callbacks, checkpoint_dir,
                            to_saved=lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state},
                            from_saved=lambda s, saved: s.replace(**saved))
-    test_loss, test_accuracy = evaluate_fn(state, splits.x_test, splits.y_test)
+    test_loss, test_accuracy = evaluate_state(state, splits.x_test, splits.y_test)
     loop.finish(callbacks, test_loss, test_accuracy)
     return RunResult(impl=IMPL, config=config, epochs=rows, test_loss=test_loss,
                      test_accuracy=test_accuracy, weights=to_weights(state.params))

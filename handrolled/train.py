@@ -106,19 +106,26 @@ def make_run_steps(config: TrainConfig, optimizer, x_train: np.ndarray, y_train:
     return fastpath.make_run_steps(step, x_train, y_train, settings["scan"], config.devices)
 
 
+def init_state(config: TrainConfig, weights: Weights, x_train: np.ndarray, y_train: np.ndarray):
+    """(state, run_steps, evaluate_state), what `fmnist.loop.fit` takes, as `train_and_evaluate`
+    trains: state = (model, opt_state) from canonical `weights`, the `run_steps` that advances it
+    and `evaluate_state(state, x, y) -> (loss, accuracy)`."""
+    model = from_weights(config.model, weights, fast=config.fast)
+    optimizer = make_optimizer(config)
+    run_steps = make_run_steps(config, optimizer, x_train, y_train)
+    evaluate_state = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
+    return (model, optimizer.init(model)), run_steps, evaluate_state
+
+
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
                        callbacks=(), checkpoint_dir=None) -> RunResult:
     """Train the hand-rolled `config.model` from `initial_weights`, validate every epoch, test at the end.
 
     With `checkpoint_dir` the run resumes from, and saves every epoch to, that directory (Orbax).
     """
-    model = from_weights(config.model, initial_weights, fast=config.fast)
-    optimizer = make_optimizer(config)
-    run_steps = make_run_steps(config, optimizer, splits.x_train, splits.y_train)
-    evaluate_fn = lambda state, x, y: evaluate(state[0], x, y, config.eval_batch_size)  # noqa: E731
+    state, run_steps, evaluate_state = init_state(config, initial_weights, splits.x_train, splits.y_train)
     callbacks = CallbackList(callbacks)
-    (model, _), rows = loop.fit(config, splits, (model, optimizer.init(model)), run_steps, evaluate_fn,
-                                callbacks, checkpoint_dir)
+    (model, _), rows = loop.fit(config, splits, state, run_steps, evaluate_state, callbacks, checkpoint_dir)
     test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
     loop.finish(callbacks, test_loss, test_accuracy)
     return RunResult(impl=IMPL, config=config, epochs=rows, test_loss=test_loss,

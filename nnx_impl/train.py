@@ -136,6 +136,18 @@ def make_run_steps(config: TrainConfig, graphdef, x_train: np.ndarray, y_train: 
     return fastpath.make_run_steps(pure_step, x_train, y_train, settings["scan"], config.devices)
 
 
+def init_state(config: TrainConfig, weights: Weights, x_train: np.ndarray, y_train: np.ndarray):
+    """(state, run_steps, evaluate_state), what `fmnist.loop.fit` takes, as `train_and_evaluate`
+    trains: the `state` of `nnx.split((model, optimizer))` from canonical `weights`, the `run_steps`
+    that advances it and `evaluate_state(state, x, y) -> (loss, accuracy)`, both holding the graphdef."""
+    model = from_weights(config.model, weights, **(fast_layers(config.model) if config.fast else {}))
+    optimizer = create_optimizer(model, make_optimizer(config))
+    graphdef, state = nnx.split((model, optimizer))  # the state (arrays) is what run_steps carries
+    run_steps = make_run_steps(config, graphdef, x_train, y_train)
+    evaluate_state = lambda state, x, y: evaluate((graphdef, state), x, y, config.eval_batch_size)  # noqa: E731
+    return state, run_steps, evaluate_state
+
+
 def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Weights,
                        callbacks=(), checkpoint_dir=None) -> RunResult:
     """Train `config.model` from `initial_weights` on `splits`, test it, return a `RunResult`.
@@ -144,15 +156,11 @@ def train_and_evaluate(config: TrainConfig, splits: Splits, initial_weights: Wei
     the `state` of `nnx.split((model, optimizer))` (params, opt_state, step; the graphdef is code,
     rebuilt from config).
     """
-    model = from_weights(config.model, initial_weights, **(fast_layers(config.model) if config.fast else {}))
-    optimizer = create_optimizer(model, make_optimizer(config))
-    graphdef, state = nnx.split((model, optimizer))  # the state (arrays) is what run_steps carries
-    run_steps = make_run_steps(config, graphdef, splits.x_train, splits.y_train)
-    evaluate_fn = lambda state, x, y: evaluate((graphdef, state), x, y, config.eval_batch_size)  # noqa: E731
+    state, run_steps, evaluate_state = init_state(config, initial_weights, splits.x_train, splits.y_train)
     callbacks = CallbackList(callbacks)
-    state, rows = loop.fit(config, splits, state, run_steps, evaluate_fn, callbacks, checkpoint_dir)
-    test_loss, test_accuracy = evaluate_fn(state, splits.x_test, splits.y_test)
+    state, rows = loop.fit(config, splits, state, run_steps, evaluate_state, callbacks, checkpoint_dir)
+    test_loss, test_accuracy = evaluate_state(state, splits.x_test, splits.y_test)
     loop.finish(callbacks, test_loss, test_accuracy)
-    model, _ = nnx.merge(graphdef, state)
+    # the graphdef stays inside init_state's functions; to_weights reads the model's part of the split
     return RunResult(impl=IMPL, config=config, epochs=rows, test_loss=test_loss,
-                     test_accuracy=test_accuracy, weights=to_weights(model))
+                     test_accuracy=test_accuracy, weights=to_weights(state[0]))

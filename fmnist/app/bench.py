@@ -29,6 +29,7 @@ from fmnist.data import Splits, load_splits
 from fmnist.loop import step_groups, train_loader
 from fmnist.weights import init_weights
 from fmnist.app import bounds
+from fmnist.app.runner import train_module
 
 # model -> (batch size, steps timed per measurement): enough steps that one measurement takes
 # about a second for Keras (fit's per-call overhead is then a few percent, as in a real epoch).
@@ -37,44 +38,21 @@ IMPLS = ("handrolled", "flax", "nnx", "keras")
 
 
 def _jax_timer(impl: str, config: TrainConfig, splits: Splits, steps: int) -> Callable[[], float]:
-    """A zero-argument function that runs `steps` training steps of a JAX implementation and
-    returns the seconds they took, waiting until the device has finished."""
+    """A zero-argument function that runs `steps` training steps of a JAX implementation, set up by
+    its `init_state` as its `train_and_evaluate` trains, and returns the seconds they took, waiting
+    until the device has finished."""
     import jax
 
     weights = init_weights(config.model, config.init, config.seed)
-    if impl == "handrolled":  # each as its train_and_evaluate sets up (the fast path by default)
-        from handrolled import train as t
-        from handrolled.models import from_weights
-        model = from_weights(config.model, weights, fast=config.fast)
-        optimizer = t.make_optimizer(config)
-        state = [(model, optimizer.init(model))]
-        run_steps = t.make_run_steps(config, optimizer, splits.x_train, splits.y_train)
-    elif impl == "flax":
-        from flax_impl import train as t
-        from flax_impl.fast_layers import fast_layers
-        from flax_impl.models import build_model, from_weights
-        model = build_model(config.model, **(fast_layers(config.model) if config.fast else {}))
-        state = [t.create_train_state(model, from_weights(config.model, weights), t.make_optimizer(config))]
-        run_steps = t.make_run_steps(config, splits.x_train, splits.y_train)
-    elif impl == "nnx":
-        from flax import nnx
-
-        from nnx_impl import train as t
-        from nnx_impl.fast_layers import fast_layers
-        from nnx_impl.models import from_weights
-        model = from_weights(config.model, weights, **(fast_layers(config.model) if config.fast else {}))
-        graphdef, nnx_state = nnx.split((model, t.create_optimizer(model, t.make_optimizer(config))))
-        state = [nnx_state]
-        run_steps = t.make_run_steps(config, graphdef, splits.x_train, splits.y_train)
-    else:
-        raise ValueError(f"no benchmark timer for implementation {impl!r}")
+    state, run_steps, _ = train_module(impl).init_state(config, weights, splits.x_train, splits.y_train)
     batches = [b for b in train_loader(config, splits).batch_indices(0) if len(b) == config.batch_size]
     groups = step_groups(batches[:steps], config.steps_per_call)
 
     def timed() -> float:
+        nonlocal state
         start = time.perf_counter()
         for group in groups:
-            state[0], losses, _ = run_steps(state[0], group)
+            state, losses, _ = run_steps(state, group)
         jax.block_until_ready(losses)
         return time.perf_counter() - start
 
