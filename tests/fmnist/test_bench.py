@@ -60,9 +60,9 @@ def test_bench_table_lists_every_model(small_splits):
 
 
 def test_the_command_line_offers_what_bench_can_time():
-    from fmnist.app import bench, cli
+    from fmnist.app import bench, flags
 
-    assert cli.BENCH_IMPLS == bench.IMPLS
+    assert flags.BENCH_IMPLS == bench.IMPLS
 
 
 def test_flop_counts_follow_the_layer_shapes():
