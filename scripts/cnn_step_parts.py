@@ -31,15 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fmnist.app.bench import _jax_timer
 from fmnist.app.bounds import flops_per_image, peak_timer
 from fmnist.config import TrainConfig
 from fmnist.data import load_splits
 from fmnist.fastpath.layers import max_pool_2x2, shift_conv_3x3
 from fmnist.fastpath.xla import COMPILER_OPTIONS, GRAD_PARTS_BY_MODEL
-from fmnist.loop import step_groups, train_loader
-from fmnist.weights import init_weights
-from handrolled import train as handrolled_train
-from handrolled.models import from_weights
 
 
 def conv(x, kernel):
@@ -78,22 +75,11 @@ def both_slices(fn, parts: int):
 
 
 def step_timer(batch: int, steps: int = 20):
+    """Seconds per hand-rolled fast-path CNN step, timed as `fmnist bench` times it."""
     config = TrainConfig(model="cnn", batch_size=batch)
     splits = load_splits(config.val_size, config.split_seed, max(8192, batch * steps))
-    optimizer = handrolled_train.make_optimizer(config)
-    model = from_weights("cnn", init_weights("cnn", config.init, config.seed), fast=True)
-    state = [(model, optimizer.init(model))]
-    run_steps = handrolled_train.make_run_steps(config, optimizer, splits.x_train, splits.y_train)
-    groups = step_groups([b for b in train_loader(config, splits).batch_indices(0) if len(b) == batch][:steps], steps)
-
-    def timed():
-        start = time.perf_counter()
-        for group in groups:
-            state[0], losses, _ = run_steps(state[0], group)
-        jax.block_until_ready(losses)
-        return (time.perf_counter() - start) / steps
-    timed()
-    return timed
+    timed = _jax_timer("handrolled", config, splits, steps)
+    return lambda: timed() / steps
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ The machines this runs on are shared and noisy (the same compiled epoch can take
 and 0.65 s the next), so absolute times mean little. What this measures instead:
   * every implementation, in turn, `--repeats` times, interleaved (A B C A B C ...), so a slow
     minute hits all of them; the figure is each one's median;
-  * a fraction of an epoch (`--mlp-steps`, `--cnn-steps` training steps, after a warm-up call that compiles), scaled
-    to the full epoch of the default run (55,000 training images);
+  * a fraction of an epoch (`--mlp-steps`, `--cnn-steps` training steps, after a warm-up call
+    that compiles), scaled to the full epoch of the default run (55,000 training images);
   * a *bound* per model, in the same run (`fmnist.app.bounds`): for the CNN, the epoch's FLOPs
     (counted from the layer shapes) at the rate this machine reaches on a large matrix product,
     measured in each round; for the MLP, the epoch's matrix products and Adam update alone,
